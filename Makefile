@@ -1,0 +1,58 @@
+# limpeza: `make demo` and `make test` do all the set-up they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Debian packages the demo and the test tiers use (installed only where missing).
+APT_PACKAGES := python3-venv findutils util-linux procps postgresql prometheus \
+	prometheus-alertmanager debootstrap systemd-container openssh-client curl
+PYTEST_ARGS ?=
+
+.PHONY: help setup packages venv demo test lint unit integration host bench bench-quick clean
+
+help:
+	@echo "make demo   run the bundle end to end on an embedded default"
+	@echo "make test   run every check (lint, unit, integration, host)"
+	@echo "make lint   ruff, mypy, yamllint, ansible-lint, promtool"
+	@echo "make bench  regenerate bench/RESULTS.md"
+
+packages:
+	@tools/ensure-packages $(APT_PACKAGES)
+
+$(BIN)/.installed: pyproject.toml | packages
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: packages $(BIN)/.installed
+
+setup: venv
+
+demo: setup
+	$(BIN)/python -m tools.demo
+
+lint: setup
+	$(BIN)/ruff check cleaner exporter tests bench tools
+	$(BIN)/ruff format --check cleaner exporter tests bench tools
+	$(BIN)/mypy
+	$(BIN)/yamllint -s .
+	@if [ -d roles ] && [ -n "$$(ls roles)" ]; then PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --profile production; fi
+	@if [ -f alerts/limpeza.rules.yml ]; then promtool check rules alerts/limpeza.rules.yml; fi
+
+unit: setup
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+bench-quick: setup
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
