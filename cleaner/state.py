@@ -1,0 +1,221 @@
+"""Cumulative counters the cleaner keeps for the exporter, persisted atomically.
+
+The file is JSON, written to a temporary file in the same directory, fsynced and moved
+over the old one with ``os.replace``, so a reader (the exporter) sees the old or the new
+file, never half of one. A corrupt file is moved aside and counting starts fresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+#: Stages whose errors are counted (the ``stage`` label of limpeza_cleanup_errors_total).
+ERROR_STAGES = ("files", "cache", "database", "health", "sweep")
+#: Why a matching entry was left alone.
+SKIP_REASONS = ("protected", "symlink", "locked", "not_regular", "mount_point", "changed")
+#: Where a reaped job was (the ``source`` label of limpeza_jobs_reaped_total).
+JOB_SOURCES = ("database", "cache")
+
+
+def _count_map(raw: object) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): int(v) for k, v in raw.items() if isinstance(v, int) and v >= 0}
+
+
+def _mapping(raw: object) -> dict[str, Any]:
+    return raw if isinstance(raw, dict) else {}
+
+
+def _opt_float(raw: object) -> float | None:
+    return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
+
+
+@dataclass
+class DirectoryUsage:
+    files: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class ApiHealth:
+    up: bool | None = None
+    jobs_active: int | None = None
+    checked_at: float | None = None
+
+
+@dataclass
+class State:
+    """Everything the cleaner has counted since the state file was created."""
+
+    files_removed: dict[str, int] = field(default_factory=dict)
+    bytes_removed: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    jobs_reaped: dict[str, dict[str, int]] = field(default_factory=dict)
+    force_cleans: int = 0
+    sweeps: int = 0
+    last_sweep_start: float | None = None
+    last_sweep_end: float | None = None
+    last_sweep_duration: float | None = None
+    last_success: float | None = None
+    directories: dict[str, DirectoryUsage] = field(default_factory=dict)
+    api: ApiHealth = field(default_factory=ApiHealth)
+    database_up: bool | None = None
+    jobs_active: int | None = None
+
+    def add(self, counter: dict[str, int], key: str, amount: int = 1) -> None:
+        counter[key] = counter.get(key, 0) + amount
+
+    def count_error(self, stage: str, amount: int = 1) -> None:
+        self.add(self.errors, stage, amount)
+
+    def count_reaped(self, source: str, status: str, amount: int = 1) -> None:
+        self.add(self.jobs_reaped.setdefault(source, {}), status, amount)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "files_removed": self.files_removed,
+            "bytes_removed": self.bytes_removed,
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "jobs_reaped": self.jobs_reaped,
+            "force_cleans": self.force_cleans,
+            "sweeps": self.sweeps,
+            "last_sweep_start": self.last_sweep_start,
+            "last_sweep_end": self.last_sweep_end,
+            "last_sweep_duration": self.last_sweep_duration,
+            "last_success": self.last_success,
+            "directories": {
+                d: {"files": u.files, "bytes": u.bytes} for d, u in self.directories.items()
+            },
+            "api": {
+                "up": self.api.up,
+                "jobs_active": self.api.jobs_active,
+                "checked_at": self.api.checked_at,
+            },
+            "database_up": self.database_up,
+            "jobs_active": self.jobs_active,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: object) -> State:
+        """Builds a State from parsed JSON; raises ValueError when it is not a state file."""
+        if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
+            raise ValueError(f"not a limpeza state file of version {STATE_VERSION}")
+        dirs = _mapping(raw.get("directories"))
+        api = _mapping(raw.get("api"))
+        reaped = _mapping(raw.get("jobs_reaped"))
+        api_active = api.get("jobs_active")
+        jobs_active = raw.get("jobs_active")
+        return cls(
+            files_removed=_count_map(raw.get("files_removed")),
+            bytes_removed=_count_map(raw.get("bytes_removed")),
+            skipped=_count_map(raw.get("skipped")),
+            errors=_count_map(raw.get("errors")),
+            jobs_reaped={str(k): _count_map(v) for k, v in reaped.items()},
+            force_cleans=int(raw.get("force_cleans") or 0),
+            sweeps=int(raw.get("sweeps") or 0),
+            last_sweep_start=_opt_float(raw.get("last_sweep_start")),
+            last_sweep_end=_opt_float(raw.get("last_sweep_end")),
+            last_sweep_duration=_opt_float(raw.get("last_sweep_duration")),
+            last_success=_opt_float(raw.get("last_success")),
+            directories={
+                str(d): DirectoryUsage(int(u.get("files", 0)), int(u.get("bytes", 0)))
+                for d, u in dirs.items()
+                if isinstance(u, dict)
+            },
+            api=ApiHealth(
+                up=api.get("up") if isinstance(api.get("up"), bool) else None,
+                jobs_active=api_active if isinstance(api_active, int) else None,
+                checked_at=_opt_float(api.get("checked_at")),
+            ),
+            database_up=raw["database_up"] if isinstance(raw.get("database_up"), bool) else None,
+            jobs_active=jobs_active if isinstance(jobs_active, int) else None,
+        )
+
+
+def read_state(path: Path) -> State:
+    """Reads a state file; raises OSError or ValueError (with a reason) when it cannot."""
+    with path.open("rb") as handle:
+        data = handle.read()
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    return State.from_dict(raw)
+
+
+class StateStore:
+    """Loads the state once at start and writes it back atomically after each change."""
+
+    def __init__(self, path: Path, clock: Any = time.time) -> None:
+        self.path = path
+        self._clock = clock
+
+    def load(self) -> State:
+        """The saved state, or a fresh one; a corrupt file is moved aside with a warning."""
+        try:
+            return read_state(self.path)
+        except FileNotFoundError:
+            return State()
+        except (OSError, ValueError) as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self._clock())}")
+            try:
+                os.replace(self.path, aside)
+                log.warning(
+                    "state file %s unusable (%s): moved to %s, counting starts fresh",
+                    self.path,
+                    exc,
+                    aside,
+                )
+            except OSError as move_exc:
+                log.warning(
+                    "state file %s unusable (%s) and could not be moved aside (%s): "
+                    "counting starts fresh",
+                    self.path,
+                    exc,
+                    move_exc,
+                )
+            return State()
+
+    def save(self, state: State) -> None:
+        """Writes the state atomically: temp file in the same directory, fsync, os.replace."""
+        write_json_atomic(self.path, state.to_dict(), mode=0o644)
+
+
+def write_json_atomic(path: Path, payload: object, *, mode: int | None = None) -> None:
+    """Replaces ``path`` with the JSON of ``payload`` so that readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=1, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
