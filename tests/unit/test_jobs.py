@@ -1,0 +1,145 @@
+"""What "stale" means, timestamps of cached jobs, counting, and what reaches a log line."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cleaner.config import ConfigError, build
+from cleaner.jobs import (
+    JobCounts,
+    count_cache,
+    describe_error,
+    is_stale,
+    parse_timestamp,
+    record_timestamp,
+)
+
+STALE_AFTER = {"running": 180.0, "queued": 120.0}
+NOW = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1_700_000_000, 1_700_000_000.0),
+        (1_700_000_000.5, 1_700_000_000.5),
+        ("1700000000", 1_700_000_000.0),
+        (1_700_000_000_000, 1_700_000_000.0),  # milliseconds
+        ("2023-11-14T22:13:20Z", 1_700_000_000.0),
+        ("2023-11-14T22:13:20+00:00", 1_700_000_000.0),
+        ("2023-11-14T23:13:20+01:00", 1_700_000_000.0),
+        ("2023-11-14T22:13:20", 1_700_000_000.0),  # naive: UTC
+        ("2023-11-14 22:13:20.250000", 1_700_000_000.25),
+    ],
+)
+def test_parse_timestamp_reads_epoch_and_iso(value: object, expected: float) -> None:
+    assert parse_timestamp(value) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", [None, True, "soon", "", -5, float("nan"), [], {"a": 1}])
+def test_parse_timestamp_refuses_what_is_not_a_time(value: object) -> None:
+    assert parse_timestamp(value) is None
+
+
+def test_record_timestamp_prefers_updated_then_started_then_created() -> None:
+    assert record_timestamp({"updated_at": 30, "started_at": 20, "created_at": 10}) == 30
+    assert record_timestamp({"started_at": 20, "created_at": 10}) == 20
+    assert record_timestamp({"created_at": 10}) == 10
+    assert record_timestamp({"updated_at": None, "started_at": 20}) == 20
+    assert record_timestamp({"updated_at": "garbage", "created_at": 10}) == 10
+    assert record_timestamp({"status": "running"}) is None
+
+
+def test_is_stale_only_for_active_statuses_past_their_threshold() -> None:
+    assert is_stale("running", NOW - 181, STALE_AFTER, NOW)
+    assert not is_stale("running", NOW - 180, STALE_AFTER, NOW)  # exactly at the threshold
+    assert not is_stale("running", NOW - 179, STALE_AFTER, NOW)
+    assert is_stale("queued", NOW - 121, STALE_AFTER, NOW)
+    assert not is_stale("queued", NOW - 119, STALE_AFTER, NOW)
+    assert not is_stale("done", NOW - 10**6, STALE_AFTER, NOW)
+    assert not is_stale("running", None, STALE_AFTER, NOW)
+
+
+@given(
+    status=st.sampled_from(["running", "queued", "done", "error"]),
+    age=st.floats(min_value=0, max_value=10**6, allow_nan=False),
+)
+def test_is_stale_agrees_with_its_definition(status: str, age: float) -> None:
+    expected = status in STALE_AFTER and age > STALE_AFTER[status]
+    assert is_stale(status, NOW - age, STALE_AFTER, NOW) == expected
+
+
+def test_count_cache_counts_every_status_and_stale_active_ones() -> None:
+    records: dict[str, dict[str, object]] = {
+        "a": {"status": "running", "updated_at": NOW - 500},
+        "b": {"status": "running", "updated_at": NOW - 5},
+        "c": {"status": "queued", "created_at": NOW - 500},
+        "d": {"status": "done", "updated_at": NOW - 10**6},
+        "e": {"status": "running"},
+    }
+    counts = count_cache(records, STALE_AFTER, NOW)
+    assert counts.by_status == {"running": 3, "queued": 1, "done": 1}
+    assert counts.stale == {"running": 1, "queued": 1}
+    assert counts.active == 4
+
+
+def test_count_cache_has_every_active_status_even_when_empty() -> None:
+    counts = count_cache({}, STALE_AFTER, NOW)
+    assert counts == JobCounts({"running": 0, "queued": 0}, {"running": 0, "queued": 0})
+    assert counts.active == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("table", "jobs; DROP TABLE x"),
+        ("table", 'jobs"; DROP TABLE x; --'),
+        ("table", "a.b.c"),
+        ("id_column", "id) OR (1=1"),
+        ("status_column", "status --"),
+        ("timestamp_column", "updated at"),
+        ("error_message_column", "msg'"),
+    ],
+)
+def test_hostile_identifiers_are_refused_with_their_key_path(key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build({"jobs": {"database": {key: value}}}, env={})
+    assert any(p.startswith(f"jobs.database.{key}:") for p in caught.value.problems), (
+        caught.value.problems
+    )
+
+
+def test_describe_error_never_shows_the_password() -> None:
+    config = build(
+        {"jobs": {"database": {}}},
+        env={"LIMPEZA_DATABASE_URL": "postgresql://app:Hunter2-secret@db.example:5432/app"},
+    )
+    assert config.jobs.database is not None
+    error = ValueError(
+        'invalid dsn: missing "=" after "postgresql://app:Hunter2-secret@db.example:5432/app" '
+        "password=Hunter2-secret"
+    )
+    text = describe_error(error, config.jobs.database)
+    assert "Hunter2-secret" not in text
+    assert "db.example" in text
+
+
+def test_describe_error_masks_a_keyword_dsn_password() -> None:
+    config = build(
+        {"jobs": {"database": {}}},
+        env={"LIMPEZA_DATABASE_URL": "host=db user=app password=Hunter2-secret dbname=app"},
+    )
+    assert config.jobs.database is not None
+    text = describe_error(RuntimeError("echo Hunter2-secret back"), config.jobs.database)
+    assert "Hunter2-secret" not in text
+
+
+def test_iso_and_epoch_give_the_same_staleness() -> None:
+    moment = datetime.fromtimestamp(NOW - 200, UTC)
+    iso = {"status": "running", "updated_at": moment.isoformat()}
+    epoch = {"status": "running", "updated_at": NOW - 200}
+    assert record_timestamp(iso) == pytest.approx(record_timestamp(epoch))
