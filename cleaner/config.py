@@ -80,6 +80,7 @@ class FilesConfig:
     protect: tuple[str, ...]
     rules: tuple[Rule, ...]
     session_files: tuple[str, ...]
+    final_files: tuple[str, ...] = ()
 
     def all_directories(self) -> tuple[Path, ...]:
         """Every directory some rule sweeps, each once, in configuration order."""
@@ -169,6 +170,7 @@ DEFAULTS: dict[str, Any] = {
             {"name": "final_videos", "pattern": "final_*.mp4", "max_age": "24h"},
         ],
         "session_files": ["session_{id}.json", "temp_audio_{id}.wav"],
+        "final_files": ["final_{id}.mp4"],
     },
     "jobs": {
         "stale_after": {"running": "3m", "queued": "2m"},
@@ -471,14 +473,18 @@ def _files(reader: _Reader, raw: object) -> FilesConfig:
                 recursive=reader.boolean(entry.get("recursive", False), f"{path}.recursive"),
             )
         )
-    session_files = reader.string_list(section["session_files"], "files.session_files")
-    for i, template in enumerate(session_files):
-        if template and ("{id}" not in template or "/" in template):
-            reader.fail(
-                f"files.session_files[{i}]",
-                f"expected a base name containing {{id}}, got {_show(template)}",
-            )
-    return FilesConfig(directories, protect, tuple(rules), session_files)
+    templates: dict[str, tuple[str, ...]] = {}
+    for key in ("session_files", "final_files"):
+        templates[key] = reader.string_list(section[key], f"files.{key}")
+        for i, template in enumerate(templates[key]):
+            if template and ("{id}" not in template or "/" in template):
+                reader.fail(
+                    f"files.{key}[{i}]",
+                    f"expected a base name containing {{id}}, got {_show(template)}",
+                )
+    return FilesConfig(
+        directories, protect, tuple(rules), templates["session_files"], templates["final_files"]
+    )
 
 
 def _jobs(reader: _Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:

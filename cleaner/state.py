@@ -8,6 +8,7 @@ file, never half of one. A corrupt file is moved aside and counting starts fresh
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -84,6 +85,46 @@ class State:
 
     def count_reaped(self, source: str, status: str, amount: int = 1) -> None:
         self.add(self.jobs_reaped.setdefault(source, {}), status, amount)
+
+    def merge_from(self, delta: State) -> None:
+        """Adds ``delta``'s counters to this state and takes its measured values.
+
+        Values ``delta`` did not measure (None, or no directories) leave ours as they are.
+        """
+        for mine, theirs in (
+            (self.files_removed, delta.files_removed),
+            (self.bytes_removed, delta.bytes_removed),
+            (self.skipped, delta.skipped),
+            (self.errors, delta.errors),
+        ):
+            for key, amount in theirs.items():
+                self.add(mine, key, amount)
+        for source, per_status in delta.jobs_reaped.items():
+            for status, amount in per_status.items():
+                self.count_reaped(source, status, amount)
+        self.force_cleans += delta.force_cleans
+        self.sweeps += delta.sweeps
+        for name in (
+            "last_sweep_start",
+            "last_sweep_end",
+            "last_sweep_duration",
+            "last_success",
+            "database_up",
+            "jobs_active",
+        ):
+            value = getattr(delta, name)
+            if value is not None:
+                setattr(self, name, value)
+        if delta.directories:
+            self.directories = dict(delta.directories)
+        if delta.api.checked_at is not None:
+            self.api = ApiHealth(delta.api.up, delta.api.jobs_active, delta.api.checked_at)
+
+    def clear(self) -> None:
+        """Empties this object in place (a delta that was merged starts over)."""
+        fresh = State()
+        for name in fresh.__dataclass_fields__:
+            setattr(self, name, getattr(fresh, name))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -195,6 +236,24 @@ class StateStore:
     def save(self, state: State) -> None:
         """Writes the state atomically: temp file in the same directory, fsync, os.replace."""
         write_json_atomic(self.path, state.to_dict(), mode=0o644)
+
+    def update(self, delta: State) -> State:
+        """Merges ``delta`` into the saved state under a lock and saves the result.
+
+        The daemon and the one-shot commands (once, purge-session, force-clean) each
+        merge what they did, so none overwrites the others' counts.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            state = self.load()
+            state.merge_from(delta)
+            self.save(state)
+            return state
+        finally:
+            os.close(fd)
 
 
 def write_json_atomic(path: Path, payload: object, *, mode: int | None = None) -> None:

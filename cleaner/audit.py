@@ -1,0 +1,75 @@
+"""The audit log: one JSON line per file removed (time, rule, path, size, age)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from cleaner.files import Removal
+
+log = logging.getLogger(__name__)
+
+
+class AuditLog:
+    """Appends one JSON object per line; a write that fails is logged, never fatal."""
+
+    def __init__(self, path: Path | None, clock: Callable[[], float]) -> None:
+        self.path = path
+        self._clock = clock
+        self._fd: int | None = None
+        self._failed = False
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _open(self) -> int | None:
+        if self.path is None:
+            return None
+        if self._fd is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(
+                    self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+                )
+                self._failed = False
+            except OSError as exc:
+                if not self._failed:
+                    log.error("cannot open audit log %s: %s", self.path, exc.strerror or exc)
+                self._failed = True
+                return None
+        return self._fd
+
+    def write(self, removal: Removal) -> None:
+        fd = self._open()
+        if fd is None:
+            return
+        record = {
+            "time": round(self._clock(), 3),
+            "rule": removal.rule,
+            "path": removal.path,
+            "size": removal.size,
+            "age": round(removal.age, 3),
+        }
+        # ensure_ascii keeps names that are not UTF-8 (surrogate escapes) valid JSON.
+        line = json.dumps(record, ensure_ascii=True, sort_keys=True) + "\n"
+        try:
+            os.write(fd, line.encode("ascii"))
+        except OSError as exc:
+            log.error("cannot write audit log %s: %s", self.path, exc.strerror or exc)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

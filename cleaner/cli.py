@@ -1,0 +1,297 @@
+"""limpeza-cleaner's command line: argument parsing and wiring, nothing else.
+
+Exit codes: 0 done, 1 done with errors, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cleaner import __version__
+from cleaner import config as config_mod
+from cleaner.audit import AuditLog
+from cleaner.config import Config, ConfigError
+from cleaner.daemon import Daemon, apply_sweep
+from cleaner.files import (
+    Removal,
+    SweepResult,
+    format_age,
+    format_bytes,
+    purge_session,
+    survey,
+    sweep,
+    validate_session_id,
+)
+from cleaner.state import State, StateStore, read_state
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+
+log = logging.getLogger("limpeza")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _duration(text: str) -> float:
+    try:
+        return config_mod.parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 90s, 3m, 24h or 0, got {text!r}"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="limpeza-cleaner",
+        description="Removes expired temporary files by rule and reaps stale jobs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config",
+        "--config.file",
+        dest="config",
+        metavar="FILE",
+        help="configuration file (default: $LIMPEZA_CONFIG, else /etc/limpeza/limpeza.yml)",
+    )
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=("debug", "info", "warning", "error"),
+        help="overrides log_level of the configuration",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    sub.add_parser("run", help="the daemon: sweep now, then every interval")
+
+    once = sub.add_parser("once", help="one sweep, then exit")
+    once.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    once.add_argument(
+        "--max-age", type=_duration, metavar="DURATION", help="overrides every rule's max_age"
+    )
+    once.add_argument("--json", action="store_true", help="print the counters as JSON")
+
+    purge = sub.add_parser("purge-session", help="remove one session's files now")
+    purge.add_argument("session_id", metavar="ID")
+    purge.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    purge.add_argument("--include-final", action="store_true", help="remove the final video too")
+    purge.add_argument("--json", action="store_true", help="print the counters as JSON")
+
+    status = sub.add_parser("status", help="what is there now, and the last sweep")
+    status.add_argument("--json", action="store_true", help="print as JSON")
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file", metavar="FILE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    environ = dict(os.environ if env is None else env)
+    if args.command == "check-config":
+        return check_config(Path(args.file), environ)
+    path = config_mod.resolve_path(args.config, environ)
+    try:
+        config = config_mod.load(path, environ)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(args.log_level or config.log_level)
+    handler = _COMMANDS[args.command]
+    return handler(args, config, path, environ)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def check_config(path: Path, env: Mapping[str, str]) -> int:
+    try:
+        config_mod.load(path, env)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{path}: valid")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]) -> int:
+    daemon = Daemon(config, path, env)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def _print_removal(removal: Removal, dry_run: bool) -> None:
+    verb = "would remove" if dry_run else "removed"
+    print(
+        f"{verb} {removal.path!s} ({removal.rule}, {format_bytes(removal.size)}, "
+        f"{format_age(removal.age)} old)"
+    )
+
+
+def _finish(result: SweepResult, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=1, sort_keys=True, ensure_ascii=True))
+    else:
+        print(result.summary())
+    return EXIT_ERRORS if result.errors else EXIT_OK
+
+
+def _record(config: Config, result: SweepResult, now: float, *, sweep_run: bool) -> None:
+    """Adds a one-shot command's counts to the state file the daemon and exporter share."""
+    if result.dry_run:
+        return
+    delta = State()
+    apply_sweep(delta, result)
+    if sweep_run:
+        delta.sweeps = 1
+        delta.last_sweep_start = now
+        delta.last_sweep_end = time.time()
+        delta.last_sweep_duration = delta.last_sweep_end - now
+        if not result.errors:
+            delta.last_success = delta.last_sweep_end
+    else:
+        delta.directories = {}
+    try:
+        StateStore(config.state_file, time.time).update(delta)
+    except OSError as exc:
+        log.warning("cannot update state file %s: %s", config.state_file, exc)
+
+
+def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]) -> int:
+    now = time.time()
+    with AuditLog(None if args.dry_run else config.audit_log, time.time) as audit:
+
+        def on_remove(removal: Removal) -> None:
+            audit.write(removal)
+            if not args.json:
+                _print_removal(removal, args.dry_run)
+
+        result = sweep(
+            config.files, now=now, dry_run=args.dry_run, max_age=args.max_age, on_remove=on_remove
+        )
+    _record(config, result, now, sweep_run=True)
+    return _finish(result, args.json)
+
+
+def _cmd_purge(args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]) -> int:
+    try:
+        validate_session_id(args.session_id)
+    except ValueError as exc:
+        print(f"limpeza-cleaner: {exc}; nothing removed", file=sys.stderr)
+        return EXIT_USAGE
+    now = time.time()
+    with AuditLog(None if args.dry_run else config.audit_log, time.time) as audit:
+
+        def on_remove(removal: Removal) -> None:
+            audit.write(removal)
+            if not args.json:
+                _print_removal(removal, args.dry_run)
+
+        result = purge_session(
+            config.files,
+            args.session_id,
+            include_final=args.include_final,
+            dry_run=args.dry_run,
+            on_remove=on_remove,
+            now=now,
+        )
+    _record(config, result, now, sweep_run=False)
+    return _finish(result, args.json)
+
+
+def status_report(config: Config, now: float) -> dict[str, object]:
+    """The files part of `status`: per directory and rule, and the last sweep."""
+    directories = {
+        directory: {
+            rule: {
+                "files": s.files,
+                "bytes": s.bytes,
+                "expired": s.expired,
+                "expired_bytes": s.expired_bytes,
+            }
+            for rule, s in per_rule.items()
+        }
+        for directory, per_rule in survey(config.files, now=now).items()
+    }
+    try:
+        state: State | None = read_state(config.state_file)
+        state_error = None
+    except FileNotFoundError:
+        state, state_error = None, "no sweep recorded yet"
+    except (OSError, ValueError) as exc:
+        state, state_error = None, f"unreadable: {exc}"
+    last: dict[str, object] = {"state_file": str(config.state_file)}
+    if state is not None:
+        last.update(
+            sweeps=state.sweeps,
+            last_sweep_end=state.last_sweep_end,
+            last_success=state.last_success,
+            last_sweep_duration=state.last_sweep_duration,
+            files_removed=sum(state.files_removed.values()),
+            bytes_removed=sum(state.bytes_removed.values()),
+            errors=dict(state.errors),
+        )
+    else:
+        last["problem"] = state_error
+    return {"now": now, "directories": directories, "last_sweep": last}
+
+
+def _print_status(report: Mapping[str, object]) -> None:
+    now = float(report["now"])  # type: ignore[arg-type]
+    directories = report["directories"]
+    assert isinstance(directories, dict)
+    for directory, per_rule in directories.items():
+        print(directory)
+        for rule, s in per_rule.items():
+            print(
+                f"  {rule:<16} {s['files']:>8} files {format_bytes(s['bytes']):>10}"
+                f"   expired: {s['expired']} ({format_bytes(s['expired_bytes'])})"
+            )
+    last = report["last_sweep"]
+    assert isinstance(last, dict)
+    if "problem" in last:
+        print(f"last sweep: {last['problem']} ({last['state_file']})")
+    else:
+        ended = last.get("last_sweep_end")
+        ago = f"{now - ended:.0f}s ago" if isinstance(ended, float) else "never"
+        print(
+            f"last sweep: {ago}; {last['sweeps']} sweeps, {last['files_removed']} files and "
+            f"{format_bytes(int(str(last['bytes_removed'])))} removed in all, "
+            f"errors: {last['errors'] or 0}"
+        )
+
+
+def _cmd_status(
+    args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]
+) -> int:
+    report = status_report(config, time.time())
+    if args.json:
+        print(json.dumps(report, indent=1, sort_keys=True, ensure_ascii=True))
+    else:
+        _print_status(report)
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "once": _cmd_once,
+    "purge-session": _cmd_purge,
+    "status": _cmd_status,
+}

@@ -1,0 +1,194 @@
+"""The daemon loop: sweep at once, then every interval; signals set flags, the loop acts.
+
+SIGTERM and SIGINT stop it after the current file; SIGHUP reloads the configuration
+(an invalid new file is logged and the old one kept). An exception in one cycle is
+logged and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import FrameType
+
+from cleaner import config as config_mod
+from cleaner.audit import AuditLog
+from cleaner.config import Config, ConfigError
+from cleaner.files import SweepResult, sweep
+from cleaner.state import State, StateStore
+
+log = logging.getLogger(__name__)
+
+STATS_EVERY = 10
+
+
+def apply_sweep(delta: State, result: SweepResult) -> None:
+    """Records what a sweep did in a state delta."""
+    for rule, tally in result.removed.items():
+        delta.add(delta.files_removed, rule, tally.files)
+        delta.add(delta.bytes_removed, rule, tally.bytes)
+    for reason, count in result.skipped.items():
+        delta.add(delta.skipped, reason, count)
+    if result.errors:
+        delta.count_error("files", result.errors)
+    delta.directories = dict(result.directories)
+
+
+class Daemon:
+    """Runs cycles until asked to stop. Everything it needs is handed in."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path,
+        env: Mapping[str, str],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.env = env
+        self.clock = clock
+        self.store = StateStore(config.state_file, clock)
+        self.delta = State()
+        self.cycles = 0
+        self.failed_cycles = 0
+        self._stop = False
+        self._reload = False
+        self._wake = threading.Event()
+        self._totals = State()
+
+    # -- signals: set a flag and wake the loop; the loop does the work -------------------
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self._stop = True
+        self._wake.set()
+
+    def _on_reload(self, signum: int, _frame: FrameType | None) -> None:
+        self._reload = True
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        log.info(
+            "limpeza-cleaner started: %d rules over %d directories, every %s",
+            len(self.config.files.rules),
+            len(self.config.files.all_directories()),
+            config_mod.format_duration(self.config.interval),
+        )
+        try:
+            self._totals = self.store.load()
+        except OSError as exc:
+            log.warning("cannot read state file %s: %s", self.store.path, exc)
+        self._open_parts()
+        try:
+            while not self._stop:
+                self.cycle()
+                if self._stop:
+                    break
+                self._wake.wait(self.config.interval)
+                self._wake.clear()
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+        finally:
+            self._close_parts()
+        log.info("limpeza-cleaner stopped after %d cycles", self.cycles)
+        return 0
+
+    def _open_parts(self) -> None:
+        self.audit = AuditLog(self.config.audit_log, self.clock)
+
+    def _close_parts(self) -> None:
+        self.audit.close()
+
+    def reload(self) -> None:
+        try:
+            new = config_mod.load(self.config_path, self.env)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        self._close_parts()
+        self.config = new
+        if new.state_file != self.store.path:
+            self.store = StateStore(new.state_file, self.clock)
+        self._open_parts()
+        log.info("configuration reloaded from %s", self.config_path)
+
+    def cycle(self) -> None:
+        """One cycle: the file sweep, then the job reaper; state saved at the end."""
+        start = self.clock()
+        monotonic_start = time.monotonic()
+        self.delta.last_sweep_start = start
+        ok = True
+        try:
+            result = sweep(
+                self.config.files,
+                now=start,
+                on_remove=self.audit.write,
+                should_stop=lambda: self._stop,
+            )
+            apply_sweep(self.delta, result)
+            log.info("%s", result.summary())
+            ok = result.errors == 0
+        except Exception:
+            log.exception("file sweep failed")
+            self.delta.count_error("sweep")
+            ok = False
+        ok = self._after_sweep() and ok
+        end = self.clock()
+        self.delta.sweeps += 1
+        self.delta.last_sweep_end = end
+        self.delta.last_sweep_duration = time.monotonic() - monotonic_start
+        if ok:
+            self.delta.last_success = end
+        else:
+            self.failed_cycles += 1
+        self.cycles += 1
+        self._save()
+        if self.cycles % STATS_EVERY == 0:
+            self._log_stats()
+
+    def _after_sweep(self) -> bool:
+        """Work done after the file sweep each cycle (the job reaper hooks in here)."""
+        return True
+
+    def _save(self) -> None:
+        try:
+            self._totals = self.store.update(self.delta)
+        except OSError as exc:
+            log.error("cannot write state file %s: %s", self.store.path, exc)
+            self.delta.count_error("sweep")
+            return
+        self.delta.clear()
+
+    def _log_stats(self) -> None:
+        totals = self._totals
+        log.info(
+            "stats: %d cycles here (%d with errors); since the state began: %d sweeps, "
+            "%d files and %d bytes removed, %d errors",
+            self.cycles,
+            self.failed_cycles,
+            totals.sweeps,
+            sum(totals.files_removed.values()),
+            sum(totals.bytes_removed.values()),
+            sum(totals.errors.values()),
+        )
