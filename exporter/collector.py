@@ -51,14 +51,15 @@ class _Faults:
         self._lock = threading.Lock()
 
     def report(self, source: str, problem: str | None) -> None:
+        """A warning when a source fails, an info line when it recovers, nothing between."""
         with self._lock:
             before = self._current.get(source)
             self._current[source] = problem
-        if problem == before:
-            return
-        if problem is not None:
+        if problem is not None and before is None:
             log.warning("%s: %s", source, problem)
-        elif before is not None:
+        elif problem is not None and problem != before:
+            log.debug("%s: still failing: %s", source, problem)
+        elif problem is None and before is not None:
             log.info("%s: readable again", source)
 
 
@@ -82,11 +83,16 @@ class DatabaseProbe:
         if not self._lock.acquire(timeout=self.timeout + self.db.connect_timeout):
             return None, "another scrape is still waiting for the database"
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = jobs.connect(
-                    self.db, application_name=APPLICATION_NAME, statement_timeout=self.timeout
-                )
-            return jobs.count_database(self._conn, self.db, self.stale_after), None
+            reused = self._conn is not None and not self._conn.closed
+            try:
+                return self._count(), None
+            except Exception:
+                if not (reused and self._conn is not None and self._conn.closed):
+                    raise
+                # The kept connection was lost (a server restart): one fresh try.
+                log.debug("database connection lost, reconnecting")
+                self._drop()
+                return self._count(), None
         except Exception as exc:
             # Whatever went wrong (unreachable, too slow, table missing), this scrape reports
             # the database down and the rest still comes; the message never holds the password.
@@ -94,6 +100,13 @@ class DatabaseProbe:
             return None, jobs.describe_error(exc, self.db)
         finally:
             self._lock.release()
+
+    def _count(self) -> jobs.JobCounts:
+        if self._conn is None or self._conn.closed:
+            self._conn = jobs.connect(
+                self.db, application_name=APPLICATION_NAME, statement_timeout=self.timeout
+            )
+        return jobs.count_database(self._conn, self.db, self.stale_after)
 
     def _drop(self) -> None:
         if self._conn is not None:
@@ -218,12 +231,13 @@ class LimpezaCollector(Collector):
             )
         if counts is None:
             return
-        where = "the jobs table" if database is not None else "the JSON job cache"
-        by_status = GaugeMetricFamily(
-            "limpeza_jobs",
-            f"Jobs per status now, counted in {where} at scrape time.",
-            labels=["status"],
-        )
+        if database is not None:
+            where = "the jobs table"
+            per_status = "Jobs in each active status now, counted in the jobs table at scrape time."
+        else:
+            where = "the JSON job cache"
+            per_status = "Jobs per status now, counted in the JSON job cache at scrape time."
+        by_status = GaugeMetricFamily("limpeza_jobs", per_status, labels=["status"])
         for status, number in sorted(counts.by_status.items()):
             by_status.add_metric([status], number)
         yield by_status
