@@ -362,6 +362,9 @@ def sweep(
                 tally = result.removed[candidate.rule.name]
                 tally.files += 1
                 tally.bytes += candidate.st.st_size
+                if not dry_run:  # usage is what stays on disk after the sweep
+                    usage.files -= 1
+                    usage.bytes -= candidate.st.st_size
                 if on_remove is not None:
                     on_remove(
                         Removal(
