@@ -2,6 +2,11 @@
 
 from pathlib import Path
 
+import pytest
+
+# Fixture modules import each other; have their asserts rewritten whichever loads first.
+pytest.register_assert_rewrite("tests.fixtures")
+
 pytest_plugins = sorted(
     f"tests.fixtures.{module.stem}"
     for module in (Path(__file__).parent / "fixtures").glob("*.py")
