@@ -166,7 +166,7 @@ def _lock(fd: int, kind: int, path: Path, wait: float) -> None:
                 raise CacheError(
                     f"{path}: still locked by another process after {wait:g}s"
                 ) from None
-            time.sleep(0.02)
+            time.sleep(0.005)
 
 
 def read_cache(path: Path, *, lock_wait: float = CACHE_LOCK_WAIT) -> dict[str, dict[str, object]]:
@@ -573,6 +573,14 @@ def _summary(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{status}: {n}" for status, n in sorted(counts.items()))
 
 
+def _source_summary(counts: Mapping[str, int] | None, *, configured: bool) -> str:
+    if not configured:
+        return "not configured"
+    if counts is None:
+        return "failed"
+    return _summary(counts) or "none"
+
+
 @dataclass
 class ForceCleanReport:
     """What a force-clean did (or, in a dry run, would do), per source and status."""
@@ -964,8 +972,8 @@ class JobReaper:
             " (dry run)" if dry_run else "",
             verb,
             report.total,
-            _summary(report.database) if report.database is not None else "not configured",
-            _summary(report.cache) if report.cache is not None else "not configured",
+            _source_summary(report.database, configured=db is not None),
+            _source_summary(report.cache, configured=self.config.cache_file is not None),
             f"; errors: {'; '.join(report.errors)}" if report.errors else "",
         )
         return report
