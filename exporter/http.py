@@ -51,6 +51,9 @@ class MetricsHandler(BaseHTTPRequestHandler):
     server: ExporterServer
     timeout = CLIENT_TIMEOUT
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle on, a kept-alive connection
+    # waits for the client's delayed ACK (40 ms) before sending the body.
+    disable_nagle_algorithm = True
     server_version = "limpeza-exporter"
 
     def do_GET(self) -> None:
