@@ -519,6 +519,11 @@ def stats_since(conn: Connection, db: DatabaseConfig, seconds: float) -> dict[st
         return {str(status): int(count) for status, count in cur.fetchall()}
 
 
+def recommended_index(db: DatabaseConfig) -> str:
+    """The index that serves the stale query and the count (README: the jobs table)."""
+    return f"CREATE INDEX ON {db.table} ({db.status_column}, {db.timestamp_column})"
+
+
 _INDEX_NODES = ("Index Scan", "Index Only Scan", "Bitmap Index Scan")
 
 
@@ -996,7 +1001,12 @@ class JobReaper:
             result["cache"] = cache
         db = self.config.database
         if db is not None:
-            database: dict[str, Any] = {"table": db.table, "up": False, "error": None}
+            database: dict[str, Any] = {
+                "table": db.table,
+                "up": False,
+                "error": None,
+                "recommended_index": recommended_index(db),
+            }
             try:
                 conn = connect(
                     db,
@@ -1029,3 +1039,77 @@ class JobReaper:
                 "error": health.error,
             }
         return result
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def format_force_clean(report: ForceCleanReport, config: JobsConfig) -> list[str]:
+    """Human lines for a force-clean report: what was (or would be) ended, per source."""
+    would = report.dry_run
+    lines = [
+        f"force-clean{' (dry run)' if would else ''}: "
+        f"{'would end' if would else 'ended'} {report.total} active jobs"
+    ]
+    db = config.database
+    if db is None:
+        lines.append("  database: not configured")
+    elif report.database is not None:
+        n = sum(report.database.values())
+        detail = f" ({_summary(report.database)})" if n else ""
+        verb = "would set" if would else "set"
+        lines.append(f"  database {db.table}: {verb} {db.error_status!r} on {n} jobs{detail}")
+    if config.cache_file is None:
+        lines.append("  cache: not configured")
+    elif report.cache is not None:
+        n = sum(report.cache.values())
+        detail = f" ({_summary(report.cache)})" if n else ""
+        verb = "would remove" if would else "removed"
+        lines.append(f"  cache {config.cache_file}: {verb} {n} entries{detail}")
+    lines.extend(f"  error: {error}" for error in report.errors)
+    return lines
+
+
+def _counts_line(part: Mapping[str, Any]) -> str:
+    jobs = part.get("jobs") or {}
+    stale = part.get("stale") or {}
+    return (
+        f"{part.get('active', 0)} active ({_summary(jobs) or 'none'}); "
+        f"stale: {_summary(stale) or 'none'}"
+    )
+
+
+def format_jobs_status(status: Mapping[str, Any]) -> list[str]:
+    """Human lines for ``JobReaper.status()``."""
+    lines = ["jobs:"]
+    database, cache, api = status.get("database"), status.get("cache"), status.get("api")
+    if database is None and cache is None:
+        lines.append("  no jobs.database and no jobs.cache_file configured")
+    if database is not None:
+        table = database.get("table")
+        if database.get("error"):
+            lines.append(f"  database {table}: down: {database['error']}")
+        else:
+            lines.append(f"  database {table}: {_counts_line(database)}")
+            index = database.get("index") or {}
+            if index.get("usable"):
+                covers = " (with the timestamp)" if index.get("covers_timestamp") else ""
+                lines.append(
+                    f"    index for the stale query: {', '.join(index['indexes'])}{covers}"
+                )
+            else:
+                lines.append(
+                    "    no index serves the stale query; recommended: "
+                    f"{database.get('recommended_index')}"
+                )
+    if cache is not None:
+        if cache.get("error"):
+            lines.append(f"  cache {cache['path']}: unreadable: {cache['error']}")
+        else:
+            lines.append(f"  cache {cache['path']}: {_counts_line(cache)}")
+    if api is not None:
+        if api.get("up"):
+            lines.append(f"  api {api['url']}: up, {api.get('jobs_active')} jobs active")
+        else:
+            lines.append(f"  api {api['url']}: down: {api.get('error')}")
+    return lines
