@@ -29,6 +29,7 @@ from cleaner.files import (
     sweep,
     validate_session_id,
 )
+from cleaner.jobs import JobReaper, format_force_clean, format_jobs_status
 from cleaner.state import State, StateStore, read_state
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", metavar="FILE")
+
+    force = sub.add_parser("force-clean", help="end every active job now (needs --yes)")
+    force.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    force.add_argument("--yes", action="store_true", help="really end every active job")
+    force.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -250,7 +256,12 @@ def status_report(config: Config, now: float) -> dict[str, object]:
         )
     else:
         last["problem"] = state_error
-    return {"now": now, "directories": directories, "last_sweep": last}
+    reaper = JobReaper(config.jobs, State(), application_name="limpeza-cleaner status")
+    try:
+        jobs = reaper.status()
+    finally:
+        reaper.close()
+    return {"now": now, "directories": directories, "last_sweep": last, "jobs": jobs}
 
 
 def _print_status(report: Mapping[str, object]) -> None:
@@ -276,6 +287,10 @@ def _print_status(report: Mapping[str, object]) -> None:
             f"{format_bytes(int(str(last['bytes_removed'])))} removed in all, "
             f"errors: {last['errors'] or 0}"
         )
+    jobs = report.get("jobs")
+    if isinstance(jobs, dict):
+        for line in format_jobs_status(jobs):
+            print(line)
 
 
 def _cmd_status(
@@ -289,9 +304,39 @@ def _cmd_status(
     return EXIT_OK
 
 
+def _cmd_force_clean(
+    args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]
+) -> int:
+    if not args.yes and not args.dry_run:
+        print(
+            "limpeza-cleaner: force-clean ends every active job; "
+            "add --yes to do it or --dry-run to see what it would do",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    delta = State()
+    reaper = JobReaper(config.jobs, delta, application_name="limpeza-cleaner force-clean")
+    try:
+        report = reaper.force_clean(dry_run=args.dry_run)
+    finally:
+        reaper.close()
+    if not args.dry_run:
+        try:
+            StateStore(config.state_file, time.time).update(delta)
+        except OSError as exc:
+            log.warning("cannot update state file %s: %s", config.state_file, exc)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1, sort_keys=True, ensure_ascii=True))
+    else:
+        for line in format_force_clean(report, config.jobs):
+            print(line)
+    return EXIT_ERRORS if report.errors else EXIT_OK
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "once": _cmd_once,
     "purge-session": _cmd_purge,
     "status": _cmd_status,
+    "force-clean": _cmd_force_clean,
 }

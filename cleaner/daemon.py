@@ -19,6 +19,7 @@ from cleaner import config as config_mod
 from cleaner.audit import AuditLog
 from cleaner.config import Config, ConfigError
 from cleaner.files import SweepResult, sweep
+from cleaner.jobs import JobReaper
 from cleaner.state import State, StateStore
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,13 @@ class Daemon:
 
     def _open_parts(self) -> None:
         self.audit = AuditLog(self.config.audit_log, self.clock)
+        self.reaper = JobReaper(
+            self.config.jobs, self.delta, clock=self.clock, interval=self.config.interval
+        )
 
     def _close_parts(self) -> None:
         self.audit.close()
+        self.reaper.close()
 
     def reload(self) -> None:
         try:
@@ -168,8 +173,9 @@ class Daemon:
             self._log_stats()
 
     def _after_sweep(self) -> bool:
-        """Work done after the file sweep each cycle (the job reaper hooks in here)."""
-        return True
+        """Work done after the file sweep each cycle: the job reaper (it never raises)."""
+        report = self.reaper.cycle()
+        return not report.errors
 
     def _save(self) -> None:
         try:
