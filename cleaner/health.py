@@ -49,13 +49,14 @@ def check_health(url: str, timeout: float, session: requests.Session | None = No
         return HealthResult(up=True, error="the answer is not JSON")
     if not isinstance(body, dict):
         return HealthResult(up=True, error="the answer is not a JSON object")
-    active = body.get("jobs_active")
+    raw = body.get("jobs_active")
+    active = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
     status = body.get("status")
     return HealthResult(
         up=True,
-        jobs_active=active if isinstance(active, int) and not isinstance(active, bool) else None,
+        jobs_active=active,
         status=status if isinstance(status, str) else None,
-        error=None if isinstance(active, int) else "no jobs_active count in the answer",
+        error=None if active is not None else "no jobs_active count in the answer",
     )
 
 
