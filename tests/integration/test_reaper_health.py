@@ -44,11 +44,14 @@ class FakeApi:
                     if isinstance(api.body, str)
                     else json.dumps(api.body).encode()
                 )
-                self.send_response(api.code if self.path == "/health" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(api.code if self.path == "/health" else 404)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (the timeout test)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
