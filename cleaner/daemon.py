@@ -18,13 +18,16 @@ from types import FrameType
 from cleaner import config as config_mod
 from cleaner.audit import AuditLog
 from cleaner.config import Config, ConfigError
-from cleaner.files import SweepResult, sweep
+from cleaner.files import SweepMemory, SweepResult, sweep
 from cleaner.jobs import JobReaper
 from cleaner.state import State, StateStore
 
 log = logging.getLogger(__name__)
 
 STATS_EVERY = 10
+#: Every this many cycles each directory is read again, unchanged or not (see
+#: cleaner.files.SweepMemory): 5 minutes at the default 30 s interval.
+FULL_SWEEP_EVERY = 10
 
 
 def apply_sweep(delta: State, result: SweepResult) -> None:
@@ -49,6 +52,7 @@ class Daemon:
         env: Mapping[str, str],
         *,
         clock: Callable[[], float] = time.time,
+        full_sweep_every: int = FULL_SWEEP_EVERY,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -62,6 +66,8 @@ class Daemon:
         self._reload = False
         self._wake = threading.Event()
         self._totals = State()
+        #: Lets a sweep skip directories that provably hold nothing new nor expired.
+        self.memory = SweepMemory(full_sweep_every)
 
     # -- signals: set a flag and wake the loop; the loop does the work -------------------
 
@@ -150,6 +156,7 @@ class Daemon:
                 now=start,
                 on_remove=self.audit.write,
                 should_stop=lambda: self._stop,
+                memory=self.memory,
             )
             apply_sweep(self.delta, result)
             log.info("%s", result.summary())

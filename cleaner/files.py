@@ -15,12 +15,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import math
 import os
-import stat
+import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
+from fnmatch import fnmatchcase, translate
 from pathlib import Path
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from cleaner.config import FilesConfig, Rule
 from cleaner.state import SKIP_REASONS, DirectoryUsage
@@ -125,12 +128,42 @@ def format_age(seconds: float) -> str:
     return f"{max(seconds, 0):.0f}s"
 
 
+class _Globs(tuple[str, ...]):
+    """Base-name globs with one compiled expression: ``fnmatchcase`` of any, in one match."""
+
+    regex: re.Pattern[str]
+
+    def __new__(cls, globs: tuple[str, ...]) -> _Globs:
+        self = super().__new__(cls, globs)
+        self.regex = re.compile("|".join(f"(?:{translate(g)})" for g in globs) or "(?!)")
+        return self
+
+
+class _RuleSet(tuple[Rule, ...]):
+    """Rules with one compiled expression; the first matching alternative names the rule."""
+
+    regex: re.Pattern[str]
+
+    def __new__(cls, rules: tuple[Rule, ...]) -> _RuleSet:
+        self = super().__new__(cls, rules)
+        alternatives = (f"(?P<r{i}>{translate(r.pattern)})" for i, r in enumerate(rules))
+        self.regex = re.compile("|".join(alternatives) or "(?!)")
+        return self
+
+
 def is_protected(name: str, protect: tuple[str, ...]) -> bool:
+    if isinstance(protect, _Globs):
+        return protect.regex.match(name) is not None
     return any(fnmatchcase(name, glob) for glob in protect)
 
 
 def match_rule(name: str, rules: tuple[Rule, ...]) -> Rule | None:
     """The first rule whose pattern matches the base name, in configuration order."""
+    if isinstance(rules, _RuleSet):
+        # Alternatives are tried left to right and each is anchored at the end, so the
+        # group that matched is the first rule in order that matches the whole name.
+        found = rules.regex.match(name)
+        return None if found is None else rules[int(str(found.lastgroup)[1:])]
     for rule in rules:
         if fnmatchcase(name, rule.pattern):
             return rule
@@ -141,23 +174,96 @@ def _display(directory: str, name: str) -> str:
     return os.path.join(directory, name)
 
 
-@dataclass(frozen=True)
 class _Candidate:
     """A regular file that matches a rule, seen through its parent's descriptor."""
 
-    dir_fd: int
-    directory: str
-    name: str
-    rule: Rule
-    st: os.stat_result
+    __slots__ = ("dir_fd", "directory", "name", "rule", "st")
+
+    def __init__(
+        self, dir_fd: int, directory: str, name: str, rule: Rule, st: os.stat_result
+    ) -> None:
+        self.dir_fd = dir_fd
+        self.directory = directory
+        self.name = name
+        self.rule = rule
+        self.st = st
 
     @property
     def path(self) -> str:
         return _display(self.directory, self.name)
 
 
+#: A directory modified less than this long before it was read is read again next time:
+#: timestamps come from a coarse clock, so a change right after the read could leave the
+#: same mtime behind.
+MTIME_MARGIN_NS = 2_000_000_000
+#: Static skips remembered with a directory and counted again when it is not re-read.
+_STATIC_SKIPS = ("protected", "symlink", "not_regular", "mount_point")
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What reading one directory found, kept while its mtime proves nothing came or went."""
+
+    dev: int
+    ino: int
+    mtime_ns: int
+    files: int
+    bytes: int
+    skips: tuple[int, ...]
+    #: The earliest moment a matching file here reaches its rule's age.
+    next_expiry: float
+    subdirs: tuple[str, ...]
+
+
+class SweepMemory:
+    """What the daemon's sweeps remember between cycles, so an idle sweep is cheap.
+
+    A directory whose mtime is unchanged since it was read holds the same names, so until
+    the earliest of its matching files expires there is nothing to remove in it: the sweep
+    does not read it again and counts the files and bytes it found last time. Removal stays
+    exact whenever a directory is read; what can lag, by at most ``full_every`` cycles
+    (every directory is read again then), is what changes without touching the directory's
+    mtime: a file whose mtime is set back (it is removed late, never early) and a file that
+    grows or shrinks in place (its bytes are counted late). A directory where anything was
+    removed, skipped as locked or changed, or failed, is read again next cycle.
+    """
+
+    def __init__(self, full_every: int = 10) -> None:
+        self.full_every = max(1, full_every)
+        self.directories: dict[tuple[str, str], _Seen] = {}
+        self._files: FilesConfig | None = None
+        self._sweeps = 0
+        self.reused = 0
+
+    def begin(self, files: FilesConfig) -> None:
+        """Called at the start of each sweep: forgets everything on a full one."""
+        if files != self._files or self._sweeps % self.full_every == 0:
+            self.directories.clear()
+        self._files = files
+        self._sweeps += 1
+        self.reused = 0
+
+
+class _DirTally:
+    """Counts of one directory while it is read."""
+
+    __slots__ = ("bytes", "clean", "files", "next_expiry", "skips")
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.bytes = 0
+        self.skips = [0] * len(_STATIC_SKIPS)
+        self.next_expiry = math.inf
+        self.clean = True
+
+
 class _Walker:
-    """Streams the entries under one root through directory descriptors."""
+    """Streams the entries under one root through directory descriptors.
+
+    With ``now`` set only expired candidates are yielded (``max_age`` overrides every
+    rule's age); without it every matching regular file is.
+    """
 
     def __init__(
         self,
@@ -166,13 +272,20 @@ class _Walker:
         protect: tuple[str, ...],
         result: SweepResult,
         usage: DirectoryUsage,
+        *,
+        now: float | None = None,
+        max_age: float | None = None,
+        memory: SweepMemory | None = None,
     ) -> None:
         self.root = root
-        self.rules = rules
-        self.recursive_rules = tuple(r for r in rules if r.recursive)
-        self.protect = protect
+        self.rules = _RuleSet(rules)
+        self.recursive_rules = _RuleSet(tuple(r for r in rules if r.recursive))
+        self.protect = _Globs(protect)
         self.result = result
         self.usage = usage
+        self.now = now
+        self.max_age = max_age
+        self.memory = memory
 
     def candidates(self) -> Iterator[_Candidate]:
         try:
@@ -190,20 +303,21 @@ class _Walker:
         yield from self._directory(root_fd, str(self.root), root_dev, self.rules)
 
     def _directory(
-        self, dir_fd: int, directory: str, root_dev: int, rules: tuple[Rule, ...]
+        self, dir_fd: int, directory: str, root_dev: int, rules: _RuleSet
     ) -> Iterator[_Candidate]:
-        subdirs: list[str] = []
         try:
-            try:
-                entries = os.scandir(dir_fd)
-            except OSError as exc:
-                self._error("cannot read directory", directory, exc)
-                return
-            with entries:
-                for entry in entries:
-                    candidate = self._entry(entry, dir_fd, directory, root_dev, rules, subdirs)
-                    if candidate is not None:
-                        yield candidate
+            subdirs: tuple[str, ...] | list[str]
+            seen = self._remembered(dir_fd, directory)
+            if seen is not None:
+                self.usage.files += seen.files
+                self.usage.bytes += seen.bytes
+                for reason, count in zip(_STATIC_SKIPS, seen.skips, strict=True):
+                    if count:
+                        self.result.skipped[reason] = self.result.skipped.get(reason, 0) + count
+                subdirs = seen.subdirs
+            else:
+                subdirs = []
+                yield from self._read(dir_fd, directory, root_dev, rules, subdirs)
             for name in subdirs:
                 child_fd = self._open_subdir(dir_fd, directory, name, root_dev)
                 if child_fd is not None:
@@ -213,16 +327,76 @@ class _Walker:
         finally:
             os.close(dir_fd)
 
+    def _remembered(self, dir_fd: int, directory: str) -> _Seen | None:
+        if self.memory is None or self.now is None:
+            return None
+        seen = self.memory.directories.get((str(self.root), directory))
+        if seen is None:
+            return None
+        st = os.fstat(dir_fd)
+        if (st.st_dev, st.st_ino, st.st_mtime_ns) != (seen.dev, seen.ino, seen.mtime_ns):
+            return None
+        if self.now >= seen.next_expiry:
+            return None
+        self.memory.reused += 1
+        return seen
+
+    def _read(
+        self, dir_fd: int, directory: str, root_dev: int, rules: _RuleSet, subdirs: list[str]
+    ) -> Iterator[_Candidate]:
+        before = os.fstat(dir_fd) if self.memory is not None else None
+        started_ns = time.time_ns()
+        tally = _DirTally()
+        errors = self.result.errors
+        try:
+            entries = os.scandir(dir_fd)
+        except OSError as exc:
+            self._error("cannot read directory", directory, exc)
+            return
+        with entries:
+            for entry in entries:
+                candidate = self._entry(
+                    entry.name, dir_fd, directory, root_dev, rules, tally, subdirs
+                )
+                if candidate is not None:
+                    tally.clean = False  # something to remove: read it again next time
+                    yield candidate
+        self.usage.files += tally.files
+        self.usage.bytes += tally.bytes
+        if before is not None and self.memory is not None:
+            key = (str(self.root), directory)
+            after = os.fstat(dir_fd)
+            stable = (
+                tally.clean
+                and self.result.errors == errors
+                and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+                and before.st_mtime_ns < started_ns - MTIME_MARGIN_NS
+            )
+            if stable:
+                self.memory.directories[key] = _Seen(
+                    before.st_dev,
+                    before.st_ino,
+                    before.st_mtime_ns,
+                    tally.files,
+                    tally.bytes,
+                    tuple(tally.skips),
+                    tally.next_expiry,
+                    tuple(subdirs),
+                )
+            else:
+                self.memory.directories.pop(key, None)
+
     def _entry(
         self,
-        entry: os.DirEntry[str],
+        name: str,
         dir_fd: int,
         directory: str,
         root_dev: int,
-        rules: tuple[Rule, ...],
+        rules: _RuleSet,
+        tally: _DirTally,
         subdirs: list[str],
     ) -> _Candidate | None:
-        name = entry.name
+        """The candidate this entry is, if any; subdirectories to visit go to ``subdirs``."""
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -230,12 +404,14 @@ class _Walker:
         except OSError as exc:
             self._error("cannot stat", _display(directory, name), exc)
             return None
-        if stat.S_ISREG(st.st_mode):
-            self.usage.files += 1
-            self.usage.bytes += st.st_size
-        elif stat.S_ISDIR(st.st_mode) and self.recursive_rules:
+        mode = st.st_mode
+        regular = S_ISREG(mode)
+        if regular:
+            tally.files += 1
+            tally.bytes += st.st_size
+        elif S_ISDIR(mode) and self.recursive_rules:
             if st.st_dev != root_dev:
-                self.result.skip("mount_point")
+                self._skip("mount_point", tally)
                 log.debug("not crossing mount point %s", _display(directory, name))
             else:
                 subdirs.append(name)
@@ -243,19 +419,30 @@ class _Walker:
         if rule is None:
             return None
         if is_protected(name, self.protect):
-            self.result.skip("protected")
+            self._skip("protected", tally)
             return None
-        if stat.S_ISLNK(st.st_mode):
-            self.result.skip("symlink")
-            log.info("skipping symlink %s", _display(directory, name))
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            self.result.skip("not_regular")
+        if not regular:
+            if S_ISLNK(mode):
+                self._skip("symlink", tally)
+                log.info("skipping symlink %s", _display(directory, name))
+            else:
+                self._skip("not_regular", tally)
             return None
         if st.st_dev != root_dev:
-            self.result.skip("mount_point")
+            self._skip("mount_point", tally)
             return None
+        if self.now is not None:
+            limit = rule.max_age if self.max_age is None else self.max_age
+            if limit > 0 and self.now - st.st_mtime < limit:
+                expiry = st.st_mtime + limit
+                if expiry < tally.next_expiry:
+                    tally.next_expiry = expiry
+                return None
         return _Candidate(dir_fd, directory, name, rule, st)
+
+    def _skip(self, reason: str, tally: _DirTally) -> None:
+        self.result.skip(reason)
+        tally.skips[_STATIC_SKIPS.index(reason)] += 1
 
     def _open_subdir(self, dir_fd: int, directory: str, name: str, root_dev: int) -> int | None:
         try:
@@ -280,12 +467,11 @@ class _Walker:
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and stat.S_ISREG(b.st_mode)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and S_ISREG(b.st_mode)
 
 
 def _remove(candidate: _Candidate, result: SweepResult, dry_run: bool) -> bool:
     """Removes one candidate if it is still the same, unlocked regular file."""
-    path = candidate.path
     try:
         fd = os.open(candidate.name, _FILE_FLAGS, dir_fd=candidate.dir_fd)
     except FileNotFoundError:
@@ -296,7 +482,7 @@ def _remove(candidate: _Candidate, result: SweepResult, dry_run: bool) -> bool:
             return False
         if exc.errno not in (errno.EACCES, errno.EPERM):
             result.errors += 1
-            log.error("cannot open %s: %s", path, exc.strerror or exc)
+            log.error("cannot open %s: %s", candidate.path, exc.strerror or exc)
             return False
         fd = -1  # unreadable: no lock can be taken through it; unlink needs no read access
     try:
@@ -308,7 +494,7 @@ def _remove(candidate: _Candidate, result: SweepResult, dry_run: bool) -> bool:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 result.skip("locked")
-                log.info("skipping %s: locked by another process", path)
+                log.info("skipping %s: locked by another process", candidate.path)
                 return False
         if dry_run:
             return True
@@ -325,7 +511,7 @@ def _remove(candidate: _Candidate, result: SweepResult, dry_run: bool) -> bool:
             return False
         except OSError as exc:
             result.errors += 1
-            log.error("cannot remove %s: %s", path, exc.strerror or exc)
+            log.error("cannot remove %s: %s", candidate.path, exc.strerror or exc)
             return False
         return True
     finally:
@@ -341,38 +527,44 @@ def sweep(
     max_age: float | None = None,
     on_remove: RemovalHook | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    memory: SweepMemory | None = None,
 ) -> SweepResult:
     """One pass over every configured directory.
 
     ``now`` is the caller's clock (seconds since the epoch); ``max_age`` overrides every
     rule's age (0 removes every matching file); ``should_stop`` is asked after each file.
+    ``memory`` (the daemon's, kept between cycles) lets directories that provably hold
+    nothing new nor expired go unread; it is not used with ``dry_run`` or ``max_age``.
     """
     result = SweepResult(dry_run=dry_run, removed={r.name: RuleTally() for r in files.rules})
     result.skipped = dict.fromkeys(SKIP_REASONS, 0)
+    if dry_run or max_age is not None:
+        memory = None
+    if memory is not None:
+        memory.begin(files)
     for root in files.all_directories():
         rules = tuple(r for r in files.rules if root in r.directories)
         usage = result.directories.setdefault(str(root), DirectoryUsage())
-        walker = _Walker(root, rules, files.protect, result, usage)
+        walker = _Walker(
+            root, rules, files.protect, result, usage, now=now, max_age=max_age, memory=memory
+        )
         for candidate in walker.candidates():
-            limit = candidate.rule.max_age if max_age is None else max_age
-            age = now - candidate.st.st_mtime
-            if limit > 0 and age < limit:
-                continue
             if _remove(candidate, result, dry_run):
+                st = candidate.st
                 tally = result.removed[candidate.rule.name]
                 tally.files += 1
-                tally.bytes += candidate.st.st_size
+                tally.bytes += st.st_size
                 if not dry_run:  # usage is what stays on disk after the sweep
                     usage.files -= 1
-                    usage.bytes -= candidate.st.st_size
+                    usage.bytes -= st.st_size
                 if on_remove is not None:
                     on_remove(
                         Removal(
                             candidate.rule.name,
                             candidate.path,
-                            candidate.st.st_size,
-                            age,
-                            candidate.st.st_mtime,
+                            st.st_size,
+                            now - st.st_mtime,
+                            st.st_mtime,
                         )
                     )
             if should_stop():
@@ -470,10 +662,10 @@ def _purge_one(
     if is_protected(name, files.protect):
         result.skip("protected")
         return
-    if stat.S_ISLNK(st.st_mode):
+    if S_ISLNK(st.st_mode):
         result.skip("symlink")
         return
-    if not stat.S_ISREG(st.st_mode):
+    if not S_ISREG(st.st_mode):
         result.skip("not_regular")
         return
     rule = match_rule(name, files.rules)

@@ -1,0 +1,179 @@
+"""The daemon's sweep memory: unchanged directories go unread, and nothing is ever missed
+except what the documented bound allows (a full read every ``full_every`` cycles)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cleaner import files
+from cleaner.config import FilesConfig, Rule
+from cleaner.files import SweepMemory, sweep
+
+DAY = 86_400.0
+NOW = time.time()
+
+
+def _config(root: Path, *, recursive: bool = False, max_age: float = DAY) -> FilesConfig:
+    rules = (
+        Rule("sessions", "session_*.json", max_age, (root,), recursive),
+        Rule("final_videos", "final_*.mp4", max_age, (root,), recursive),
+    )
+    return FilesConfig((root,), ("original_*",), rules, ())
+
+
+def _file(directory: Path, name: str, age: float, size: int = 3) -> Path:
+    path = directory / name
+    path.write_bytes(b"x" * size)
+    os.utime(path, (NOW - age, NOW - age))
+    return path
+
+
+def _settle(*directories: Path) -> None:
+    """Dates directories a minute back, as if nothing had touched them lately."""
+    for directory in directories:
+        os.utime(directory, (NOW - 60, NOW - 60))
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts directory reads (os.scandir calls) made by the sweep."""
+    calls: list[int] = []
+    real = os.scandir
+
+    def counting(fd: int) -> object:
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(files.os, "scandir", counting)
+    yield calls
+
+
+@pytest.fixture
+def uploads(tmp_path: Path) -> Path:
+    root = tmp_path / "uploads"
+    root.mkdir()
+    _file(root, "session_a.json", age=3600)
+    _file(root, "final_a.mp4", age=7200, size=10)
+    _file(root, "original_a.mp4", age=9 * DAY, size=100)
+    _file(root, "notes.txt", age=9 * DAY, size=5)
+    _settle(root)
+    return root
+
+
+def test_nothing_changed_directory_is_not_read_again(uploads: Path, reads: list[int]) -> None:
+    config, memory = _config(uploads), SweepMemory()
+    first = sweep(config, now=NOW, memory=memory)
+    second = sweep(config, now=NOW + 30, memory=memory)
+    assert len(reads) == 1  # only the first sweep read the directory
+    assert memory.reused == 1
+    assert first.files_removed == second.files_removed == 0
+    usage = second.directories[str(uploads)]
+    assert (usage.files, usage.bytes) == (4, 3 + 10 + 100 + 5)
+
+
+def test_new_file_in_remembered_directory_is_found(uploads: Path, reads: list[int]) -> None:
+    config, memory = _config(uploads), SweepMemory()
+    sweep(config, now=NOW, memory=memory)
+    late = _file(uploads, "session_late.json", age=9 * DAY)  # the directory's mtime moves
+    result = sweep(config, now=NOW + 30, memory=memory)
+    assert not late.exists()
+    assert result.removed["sessions"].files == 1
+    assert len(reads) == 2
+
+
+def test_expiry_reached_in_unchanged_directory_is_found(uploads: Path, reads: list[int]) -> None:
+    config, memory = _config(uploads), SweepMemory()
+    sweep(config, now=NOW, memory=memory)
+    sweep(config, now=NOW + 60, memory=memory)
+    assert len(reads) == 1
+    # final_a.mp4 (2 h old) reaches 24 h first; the directory itself never changed.
+    result = sweep(config, now=NOW + DAY - 7200 + 1, memory=memory)
+    assert len(reads) == 2
+    assert result.removed["final_videos"].files == 1
+    assert not (uploads / "final_a.mp4").exists()
+    assert (uploads / "session_a.json").exists()
+
+
+def test_usage_of_a_skipped_directory_matches_a_full_read(uploads: Path) -> None:
+    config, memory = _config(uploads), SweepMemory()
+    sweep(config, now=NOW, memory=memory)
+    remembered = sweep(config, now=NOW + 30, memory=memory)
+    fresh = sweep(config, now=NOW + 30)
+    assert memory.reused == 1
+    assert remembered.directories == fresh.directories
+    assert remembered.skipped == fresh.skipped
+
+
+def test_directory_with_removals_is_read_again_next_cycle(uploads: Path, reads: list[int]) -> None:
+    _file(uploads, "session_old.json", age=9 * DAY)
+    _settle(uploads)
+    config, memory = _config(uploads), SweepMemory()
+    assert sweep(config, now=NOW, memory=memory).files_removed == 1
+    _settle(uploads)  # the next cycle comes 30 s later
+    assert sweep(config, now=NOW + 30, memory=memory).files_removed == 0
+    assert len(reads) == 2  # removing changed the directory: read again, then remembered
+    usage = sweep(config, now=NOW + 60, memory=memory).directories[str(uploads)]
+    assert len(reads) == 2
+    assert (usage.files, usage.bytes) == (4, 118)
+
+
+def test_recently_changed_directory_is_not_remembered(uploads: Path, reads: list[int]) -> None:
+    os.utime(uploads)  # modified just now: a change in the same clock tick could hide
+    config, memory = _config(uploads), SweepMemory()
+    sweep(config, now=NOW, memory=memory)
+    sweep(config, now=NOW + 30, memory=memory)
+    assert len(reads) == 2
+
+
+def test_change_in_a_subdirectory_is_found_under_an_unchanged_parent(
+    tmp_path: Path, reads: list[int]
+) -> None:
+    root = tmp_path / "uploads"
+    leaf = root / "a" / "b"
+    leaf.mkdir(parents=True)
+    _file(leaf, "session_a.json", age=3600)
+    _settle(leaf, leaf.parent, root)
+    config, memory = _config(root, recursive=True), SweepMemory()
+    sweep(config, now=NOW, memory=memory)
+    sweep(config, now=NOW + 30, memory=memory)
+    assert len(reads) == 3  # root, a and a/b once each
+    assert memory.reused == 3
+    stale = _file(leaf, "final_b.mp4", age=9 * DAY)
+    result = sweep(config, now=NOW + 60, memory=memory)
+    assert not stale.exists()
+    assert result.removed["final_videos"].files == 1
+    assert len(reads) == 4  # only a/b was read again
+
+
+def test_mtime_set_back_is_removed_by_the_next_full_read(uploads: Path) -> None:
+    """The documented bound: a file aged in place (the directory untouched) waits at most
+    ``full_every`` cycles."""
+    config, memory = _config(uploads), SweepMemory(full_every=3)
+    sweep(config, now=NOW, memory=memory)  # cycle 1: full read
+    aged = uploads / "final_a.mp4"
+    os.utime(aged, (NOW - 9 * DAY, NOW - 9 * DAY))
+    assert sweep(config, now=NOW + 30, memory=memory).files_removed == 0  # cycle 2: skipped
+    assert sweep(config, now=NOW + 60, memory=memory).files_removed == 0  # cycle 3: skipped
+    assert sweep(config, now=NOW + 90, memory=memory).files_removed == 1  # cycle 4: full
+    assert not aged.exists()
+
+
+def test_new_configuration_forgets_what_was_remembered(uploads: Path, reads: list[int]) -> None:
+    memory = SweepMemory()
+    sweep(_config(uploads), now=NOW, memory=memory)
+    result = sweep(_config(uploads, max_age=60), now=NOW + 30, memory=memory)
+    assert len(reads) == 2
+    assert result.files_removed == 2
+
+
+def test_dry_run_and_max_age_do_not_use_the_memory(uploads: Path, reads: list[int]) -> None:
+    config, memory = _config(uploads), SweepMemory()
+    sweep(config, now=NOW, memory=memory)
+    assert sweep(config, now=NOW + 30, memory=memory, dry_run=True).files_removed == 0
+    assert sweep(config, now=NOW + 30, memory=memory, max_age=0).files_removed == 2
+    assert len(reads) == 3
