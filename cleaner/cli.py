@@ -29,7 +29,7 @@ from cleaner.files import (
     sweep,
     validate_session_id,
 )
-from cleaner.jobs import JobReaper, format_force_clean, format_jobs_status
+from cleaner.jobs import CycleReport, JobReaper, format_force_clean, format_jobs_status
 from cleaner.state import State, StateStore, read_state
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
@@ -151,27 +151,40 @@ def _print_removal(removal: Removal, dry_run: bool) -> None:
     )
 
 
-def _finish(result: SweepResult, as_json: bool) -> int:
+def _finish(result: SweepResult, as_json: bool, jobs: CycleReport | None = None) -> int:
     if as_json:
-        print(json.dumps(result.to_dict(), indent=1, sort_keys=True, ensure_ascii=True))
+        payload = result.to_dict()
+        if jobs is not None:
+            payload["jobs"] = {
+                "cache_reaped": jobs.cache_reaped,
+                "database_reaped": jobs.database_reaped,
+                "jobs_active": jobs.jobs_active,
+                "errors": jobs.errors,
+            }
+        print(json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=True))
     else:
         print(result.summary())
-    return EXIT_ERRORS if result.errors else EXIT_OK
+    failed = result.errors or (jobs is not None and jobs.errors)
+    return EXIT_ERRORS if failed else EXIT_OK
 
 
-def _record(config: Config, result: SweepResult, now: float, *, sweep_run: bool) -> None:
-    """Adds a one-shot command's counts to the state file the daemon and exporter share."""
+def _record(config: Config, result: SweepResult, now: float, delta: State | None = None) -> None:
+    """Adds a one-shot command's counts to the state file the daemon and exporter share.
+
+    With ``delta`` (what the job reaper recorded) the run counts as a sweep, as a daemon
+    cycle would; a purge only adds its removals.
+    """
     if result.dry_run:
         return
-    delta = State()
+    sweep_run = delta is not None
+    delta = delta if delta is not None else State()
     apply_sweep(delta, result)
     if sweep_run:
         delta.sweeps = 1
         delta.last_sweep_start = now
         delta.last_sweep_end = time.time()
         delta.last_sweep_duration = delta.last_sweep_end - now
-        if not result.errors:
-            delta.last_success = delta.last_sweep_end
+        delta.last_success = delta.last_sweep_end
     else:
         delta.directories = {}
     try:
@@ -181,6 +194,7 @@ def _record(config: Config, result: SweepResult, now: float, *, sweep_run: bool)
 
 
 def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]) -> int:
+    """One cycle as the daemon runs it: the file sweep, then (unless a dry run) the jobs."""
     now = time.time()
     with AuditLog(None if args.dry_run else config.audit_log, time.time) as audit:
 
@@ -192,8 +206,21 @@ def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping
         result = sweep(
             config.files, now=now, dry_run=args.dry_run, max_age=args.max_age, on_remove=on_remove
         )
-    _record(config, result, now, sweep_run=True)
-    return _finish(result, args.json)
+    if args.dry_run:
+        return _finish(result, args.json)
+    delta = State()
+    reaper = JobReaper(config.jobs, delta, interval=config.interval)
+    try:
+        jobs = reaper.cycle()
+    finally:
+        reaper.close()
+    if not args.json and (jobs.cache_reaped or jobs.database_reaped):
+        for source, reaped in (("cache", jobs.cache_reaped), ("database", jobs.database_reaped)):
+            if reaped:
+                counts = ", ".join(f"{status}: {n}" for status, n in sorted(reaped.items()))
+                print(f"stale jobs reaped from the {source}: {counts}")
+    _record(config, result, now, delta)
+    return _finish(result, args.json, jobs)
 
 
 def _cmd_purge(args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]) -> int:
@@ -218,7 +245,7 @@ def _cmd_purge(args: argparse.Namespace, config: Config, path: Path, env: Mappin
             on_remove=on_remove,
             now=now,
         )
-    _record(config, result, now, sweep_run=False)
+    _record(config, result, now)
     return _finish(result, args.json)
 
 

@@ -372,3 +372,26 @@ def test_daemon_sweeps_reloads_and_stops_cleanly(
     assert state.sweeps >= 3
     assert state.files_removed["sessions"] >= 2
     assert "cleanup done" in log_path.read_text()
+
+
+def test_once_reaps_stale_jobs_in_the_cache_too(tree: Tree) -> None:
+    now = time.time()
+    cache = tree.root / "jobs.json"
+    jobs = {
+        "ghost-run": {"status": "running", "updated_at": now - 600},
+        "ghost-queue": {"status": "queued", "started_at": now - 300},
+        "alive": {"status": "running", "updated_at": now - 5},
+        "done": {"status": "done", "updated_at": now - 9000},
+    }
+    cache.write_text(json.dumps(jobs))
+    config = tree.write_config(jobs={"cache_file": str(cache)})
+    dry = run("--config", str(config), "once", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(cache.read_text()) == jobs
+    result = run("--config", str(config), "once", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["jobs"]["cache_reaped"] == {"running": 1, "queued": 1}
+    assert set(json.loads(cache.read_text())) == {"alive", "done"}
+    state = read_state(tree.var / "state.json")
+    assert state.jobs_reaped == {"cache": {"running": 1, "queued": 1}}
+    assert state.jobs_active == 1
