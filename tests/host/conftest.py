@@ -1,0 +1,270 @@
+"""The host tier: two booted Debian 12 targets, deployed with playbooks/deploy.yml.
+
+``limpeza-a`` and ``limpeza-b`` are application hosts sharing one jobs database (the suite's
+PostgreSQL on 127.0.0.1); ``limpeza-a`` is also the Prometheus host. The deployment is done
+once per session: first in check mode on the fresh hosts, then for real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from psycopg2 import sql
+
+from tests.fixtures.nspawn import Target, boot_targets, free_port
+from tests.fixtures.postgres import ROLE, JobsDatabase, PostgresServer
+
+REPO = Path(__file__).resolve().parents[2]
+NAMES = ["limpeza-a", "limpeza-b"]
+PROMETHEUS_HOST = "limpeza-a"
+UPLOADS = "/srv/app/uploads"
+#: The backend's group owning the upload directory; the cleaner gets it as a supplementary group.
+APP_GROUP = "www-data"
+
+pytestmark = pytest.mark.host
+
+
+@dataclass
+class PlaybookRun:
+    """One ansible-playbook run: its exit code, output, and the recap per host."""
+
+    args: list[str]
+    returncode: int
+    output: str
+    recap: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def changed(self) -> dict[str, int]:
+        return {host: counts["changed"] for host, counts in self.recap.items()}
+
+    def explain(self) -> str:
+        return f"ansible-playbook {' '.join(self.args)} exited {self.returncode}:\n{self.output}"
+
+
+_RECAP_RE = re.compile(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", re.M)
+
+
+@dataclass
+class Deployment:
+    """The targets, their inventory, the shared database, and how to run playbooks on them."""
+
+    targets: dict[str, Target]
+    inventory: Path
+    workdir: Path
+    database: JobsDatabase
+    exporter_ports: dict[str, int]
+    prometheus_port: int
+    fresh_check: PlaybookRun | None = None
+    first_deploy: PlaybookRun | None = None
+
+    def playbook(self, name: str, *extra: str, timeout: float = 900) -> PlaybookRun:
+        args = ["-i", str(self.inventory), str(REPO / "playbooks" / name), *extra]
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.workdir / "cp"),
+            "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"),
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=30s",
+            "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        }
+        result = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "ansible-playbook"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=timeout,
+            check=False,
+        )
+        output = result.stdout + result.stderr
+        recap = {
+            host: {k: int(v) for k, v in (pair.split("=") for pair in counts.split())}
+            for host, counts in _RECAP_RE.findall(output.split("PLAY RECAP", 1)[-1])
+        }
+        return PlaybookRun(args, result.returncode, output, recap)
+
+    def state(self, name: str) -> dict[str, Any]:
+        text = self.targets[name].ssh("cat /var/lib/limpeza/state.json").stdout
+        return dict(json.loads(text))
+
+
+def _prepare(exporter_ports: dict[str, int], prometheus_port: int) -> Callable[[Target], None]:
+    """Files a target has before the deploy: the backend's upload directory, Prometheus."""
+
+    def prepare(target: Target) -> None:
+        root = target.root
+        uploads = root / UPLOADS.lstrip("/")
+        uploads.mkdir(parents=True)
+        # www-data is uid/gid 33 in Debian's base-passwd.
+        os.chown(uploads, 33, 33)
+        uploads.chmod(0o2775)
+        units = root / "etc" / "systemd" / "system"
+        if target.name != PROMETHEUS_HOST:
+            (units / "prometheus.service").symlink_to("/dev/null")
+            return
+        (root / "etc" / "default" / "prometheus").write_text(
+            f'ARGS="--web.listen-address=127.0.0.1:{prometheus_port}"\n', encoding="utf-8"
+        )
+        config = {
+            "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+            "rule_files": ["/etc/prometheus/rules/*.yml"],
+            "scrape_configs": [
+                {
+                    "job_name": "limpeza",
+                    "static_configs": [
+                        {"targets": [f"127.0.0.1:{port}" for port in exporter_ports.values()]}
+                    ],
+                }
+            ],
+        }
+        (root / "etc" / "prometheus" / "prometheus.yml").write_text(
+            yaml.safe_dump(config), encoding="utf-8"
+        )
+
+    return prepare
+
+
+def _write_inventory(
+    path: Path,
+    targets: dict[str, Target],
+    key: Path,
+    database: JobsDatabase,
+    exporter_ports: dict[str, int],
+    workdir: Path,
+) -> None:
+    hosts = {
+        name: {
+            "ansible_host": "127.0.0.1",
+            "ansible_port": target.ssh_port,
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(key),
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
+            "-o UserKnownHostsFile=/dev/null",
+            "limpeza_exporter_listen_address": f"127.0.0.1:{exporter_ports[name]}",
+        }
+        for name, target in targets.items()
+    }
+    inventory = {
+        "all": {
+            "children": {
+                "limpeza": {
+                    "hosts": hosts,
+                    "vars": {
+                        "limpeza_interval": "2s",
+                        "limpeza_database_url": database.dsn,
+                        "limpeza_jobs_database": {
+                            "table": "jobs",
+                            "timestamp_column": "updated_at",
+                            "error_message_column": "error_message",
+                        },
+                        "limpeza_cleaner_supplementary_groups": [APP_GROUP],
+                        "limpeza_source_dir": str(REPO),
+                        "limpeza_wheelhouse_dir": str(workdir / "wheelhouse"),
+                    },
+                },
+                "prometheus": {"hosts": {PROMETHEUS_HOST: {}}},
+            }
+        }
+    }
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False), encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def shared_jobs_db(postgres_server: PostgresServer) -> Iterator[JobsDatabase]:
+    """One jobs database for the whole host tier, shared by both targets."""
+    if not postgres_server.running:
+        postgres_server.start()
+    name = f"limpeza_host_{uuid.uuid4().hex[:8]}"
+    with contextlib.closing(postgres_server.connect()) as conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(ROLE)
+            )
+        )
+    database = JobsDatabase(postgres_server, name)
+    database.create_table()
+    try:
+        yield database
+    finally:
+        if not postgres_server.running:
+            postgres_server.start()
+        with contextlib.closing(postgres_server.connect()) as conn, conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture(scope="session")
+def deployment(
+    host_ssh_key: Path,
+    nspawn_workdir: Path,
+    shared_jobs_db: JobsDatabase,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Deployment]:
+    """Two booted targets, checked in check mode while fresh, then deployed for real."""
+    exporter_ports = {name: free_port() for name in NAMES}
+    prometheus_port = free_port()
+    targets = boot_targets(
+        NAMES, host_ssh_key, nspawn_workdir, _prepare(exporter_ports, prometheus_port)
+    )
+    try:
+        workdir = tmp_path_factory.mktemp("deploy")
+        (workdir / "cp").mkdir()
+        (workdir / "ansible-tmp").mkdir()
+        by_name = {t.name: t for t in targets}
+        inventory = workdir / "hosts.yml"
+        _write_inventory(inventory, by_name, host_ssh_key, shared_jobs_db, exporter_ports, workdir)
+        deployment = Deployment(
+            by_name, inventory, workdir, shared_jobs_db, exporter_ports, prometheus_port
+        )
+        deployment.fresh_check = deployment.playbook("deploy.yml", "--check", "--diff")
+        deployment.first_deploy = deployment.playbook("deploy.yml")
+        yield deployment
+    finally:
+        for target in targets:
+            target.shutdown()
+
+
+@pytest.fixture(scope="session")
+def deployed(deployment: Deployment) -> Deployment:
+    """The deployment, failing every test that needs it if the first deploy failed."""
+    assert deployment.first_deploy is not None
+    if deployment.first_deploy.returncode != 0:
+        pytest.fail(deployment.first_deploy.explain()[-8000:], pytrace=False)
+    return deployment
+
+
+@pytest.fixture(params=NAMES)
+def target(request: pytest.FixtureRequest, deployed: Deployment) -> Target:
+    return deployed.targets[request.param]
+
+
+@pytest.fixture
+def host(target: Target) -> Any:
+    """A testinfra host for the target."""
+    return target.testinfra()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60, step: float = 0.5) -> bool:
+    """Polls until ``predicate`` holds or ``timeout`` passes; returns the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)

@@ -1,0 +1,252 @@
+"""playbooks/deploy.yml on real Debian 12 systemd hosts, checked with testinfra."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.fixtures.nspawn import Target
+from tests.host.conftest import APP_GROUP, PROMETHEUS_HOST, UPLOADS, Deployment, wait_for
+
+pytestmark = pytest.mark.host
+
+UNITS = ["limpeza-cleaner.service", "limpeza-exporter.service"]
+
+
+def _service_down_report(target: Target, unit: str) -> str:
+    return f"{unit} on {target.name} is not running:\n{target.journal(unit)}"
+
+
+# --------------------------------------------------------------------------- the playbook
+
+
+def test_check_mode_on_fresh_hosts_succeeds(deployment: Deployment) -> None:
+    run = deployment.fresh_check
+    assert run is not None
+    assert run.returncode == 0, run.explain()
+    assert set(run.recap) >= set(deployment.targets), run.explain()
+
+
+def test_second_deploy_changes_nothing(deployed: Deployment) -> None:
+    run = deployed.playbook("deploy.yml")
+    assert run.returncode == 0, run.explain()
+    assert run.changed() == dict.fromkeys(deployed.targets, 0), run.explain()
+
+
+def test_check_mode_on_deployed_hosts_changes_nothing(deployed: Deployment) -> None:
+    run = deployed.playbook("deploy.yml", "--check")
+    assert run.returncode == 0, run.explain()
+    assert run.changed() == dict.fromkeys(deployed.targets, 0), run.explain()
+
+
+# --------------------------------------------------------------------------- the host
+
+
+def test_service_user_has_no_login_shell(host: Any) -> None:
+    user = host.user("limpeza")
+    assert user.exists
+    assert user.shell == "/usr/sbin/nologin"
+    assert user.group == "limpeza"
+    assert user.uid < 1000  # a system user
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "owner", "group", "mode"),
+    [
+        ("/etc/limpeza", "directory", "root", "limpeza", 0o750),
+        ("/etc/limpeza/limpeza.yml", "file", "root", "limpeza", 0o640),
+        ("/etc/limpeza/limpeza.env", "file", "root", "root", 0o600),
+        ("/opt/limpeza/venv/bin/limpeza-cleaner", "file", "root", "root", 0o755),
+        ("/opt/limpeza/venv/bin/limpeza-exporter", "file", "root", "root", 0o755),
+        ("/var/lib/limpeza", "directory", "limpeza", "limpeza", 0o750),
+        ("/var/log/limpeza", "directory", "limpeza", "limpeza", 0o750),
+        ("/usr/local/sbin/limpeza-cleaner", "file", "root", "root", 0o750),
+        ("/etc/systemd/system/limpeza-cleaner.service", "file", "root", "root", 0o644),
+        ("/etc/systemd/system/limpeza-exporter.service", "file", "root", "root", 0o644),
+    ],
+)
+def test_paths_and_modes(
+    host: Any, path: str, kind: str, owner: str, group: str, mode: int
+) -> None:
+    item = host.file(path)
+    assert item.exists, path
+    assert item.is_directory if kind == "directory" else item.is_file
+    assert (item.user, item.group, item.mode) == (owner, group, mode)
+
+
+def test_config_is_rendered_from_the_inventory(
+    host: Any, deployed: Deployment, target: Target
+) -> None:
+    text = host.file("/etc/limpeza/limpeza.yml").content_string
+    assert text.startswith("#"), "the file starts with the ansible_managed comment"
+    config = yaml.safe_load(text)
+    assert config["interval"] == "2s"
+    assert config["jobs"]["database"]["table"] == "jobs"
+    assert config["exporter"]["listen_address"] == (
+        f"127.0.0.1:{deployed.exporter_ports[target.name]}"
+    )
+    assert config["files"]["directories"] == ["/srv/app/backend/app/uploads", UPLOADS]
+    assert "LIMPEZA_DATABASE_URL" not in text and deployed.database.password not in text
+    env = host.run("cat /etc/limpeza/limpeza.env").stdout
+    assert f"LIMPEZA_DATABASE_URL={deployed.database.dsn}" in env
+    check = host.run("/opt/limpeza/venv/bin/limpeza-cleaner check-config /etc/limpeza/limpeza.yml")
+    assert check.rc == 0, check.stdout + check.stderr
+
+
+def test_install_used_no_package_index(host: Any) -> None:
+    wheels = host.run("ls /opt/limpeza/wheelhouse").stdout.split()
+    assert any(w.startswith("limpeza-") and w.endswith(".whl") for w in wheels), wheels
+    freeze = host.run("/opt/limpeza/venv/bin/python -m pip freeze").stdout
+    assert re.search(r"^limpeza[= @]", freeze, re.M | re.I), freeze
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_units_are_enabled_and_running(host: Any, target: Target, unit: str) -> None:
+    service = host.service(unit)
+    assert service.is_enabled
+    assert service.is_running, _service_down_report(target, unit)
+
+
+_COMMON_HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateDevices": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "RestrictNamespaces": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "MemoryDenyWriteExecute": "yes",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+    "SystemCallArchitectures": "native",
+    "CapabilityBoundingSet": "",
+    "User": "limpeza",
+    "Restart": "always",
+    "StateDirectory": "limpeza",
+    "LogsDirectory": "limpeza",
+}
+
+
+@pytest.mark.parametrize("unit", UNITS)
+@pytest.mark.parametrize(("name", "expected"), sorted(_COMMON_HARDENING.items()))
+def test_hardening_properties(host: Any, unit: str, name: str, expected: str) -> None:
+    properties = host.service(unit).systemd_properties
+    assert properties.get(name) == expected, f"{unit}: {name}={properties.get(name)!r}"
+
+
+def test_cleaner_unit_specifics(host: Any) -> None:
+    properties = host.service("limpeza-cleaner.service").systemd_properties
+    assert "/bin/kill" in properties["ExecReload"] and "-HUP" in properties["ExecReload"]
+    writable = properties["ReadWritePaths"].split()
+    assert sorted(p.lstrip("-") for p in writable) == sorted(
+        ["/srv/app/backend/app/uploads", UPLOADS]
+    )
+    assert properties["SupplementaryGroups"] == APP_GROUP
+    assert properties["PrivateTmp"] == "yes"
+    assert host.file("/etc/systemd/system/limpeza-cleaner.service").content_string.startswith("#")
+
+
+def test_exporter_listens_on_loopback_only_and_serves_metrics(
+    host: Any, deployed: Deployment, target: Target
+) -> None:
+    port = deployed.exporter_ports[target.name]
+    assert wait_for(lambda: host.socket(f"tcp://127.0.0.1:{port}").is_listening, 30), (
+        _service_down_report(target, "limpeza-exporter.service")
+    )
+    assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+    assert not host.socket(f"tcp://:::{port}").is_listening
+    listeners = host.run(f"ss -Htln 'sport = :{port}'").stdout.split("\n")
+    assert [line.split()[3] for line in listeners if line.strip()] == [f"127.0.0.1:{port}"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    assert "limpeza_" in body
+    assert re.search(r"^limpeza_\w+ ", body, re.M), body[:2000]
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+def test_cleaner_removes_an_aged_file_and_logs_it(host: Any, target: Target) -> None:
+    aged = f"{UPLOADS}/session_hosttest.json"
+    fresh = f"{UPLOADS}/session_fresh.json"
+    protected = f"{UPLOADS}/original_session_keep.json"
+    for path in (aged, fresh, protected):
+        host.run_expect([0], f"install -o www-data -g www-data -m 0664 /dev/null {path}")
+    host.run_expect([0], f"touch -d '3 days ago' {aged} {protected}")
+    removed = wait_for(lambda: not host.file(aged).exists, 60)
+    assert removed, f"{aged} is still there\n{target.journal('limpeza-cleaner.service')}"
+    assert host.file(fresh).exists
+    assert host.file(protected).exists
+    audit = host.file("/var/log/limpeza/audit.jsonl")
+    assert wait_for(lambda: aged in audit.content_string, 30)
+    entries = [json.loads(line) for line in audit.content_string.splitlines() if line.strip()]
+    assert any(aged in json.dumps(entry) for entry in entries)
+    assert audit.user == "limpeza"
+    host.run(f"rm -f {fresh} {protected}")
+
+
+def test_cleaner_logs_to_the_journal(host: Any) -> None:
+    journal = host.run("journalctl -u limpeza-cleaner.service --no-pager -o cat")
+    assert journal.stdout.strip(), "the cleaner wrote nothing to the journal"
+
+
+def test_systemd_restarts_a_killed_cleaner(host: Any, target: Target) -> None:
+    service = host.service("limpeza-cleaner.service")
+    before = service.systemd_properties["MainPID"]
+    assert before != "0", _service_down_report(target, "limpeza-cleaner.service")
+    host.run_expect([0], f"kill -9 {before}")
+
+    def restarted() -> bool:
+        properties = host.service("limpeza-cleaner.service").systemd_properties
+        return properties["ActiveState"] == "active" and properties["MainPID"] not in (
+            "0",
+            before,
+        )
+
+    assert wait_for(restarted, 60), _service_down_report(target, "limpeza-cleaner.service")
+    assert int(host.service("limpeza-cleaner.service").systemd_properties["NRestarts"]) >= 1
+
+
+def test_alert_rules_installed_and_loaded_by_prometheus(deployed: Deployment) -> None:
+    prometheus = deployed.targets[PROMETHEUS_HOST]
+    infra = prometheus.testinfra()
+    rules = infra.file("/etc/prometheus/rules/limpeza.rules.yml")
+    assert rules.exists and rules.mode == 0o644
+    assert infra.run("promtool check rules /etc/prometheus/rules/limpeza.rules.yml").rc == 0
+
+    def loaded() -> bool:
+        url = f"http://127.0.0.1:{deployed.prometheus_port}/api/v1/rules"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                data = json.load(response)
+        except OSError:
+            return False
+        queries = {
+            rule["name"]: rule["query"]
+            for group in data["data"]["groups"]
+            for rule in group["rules"]
+        }
+        return queries.get("LimpezaJobsActiveHigh") == "limpeza_jobs_active > 5"
+
+    assert wait_for(loaded, 60), prometheus.journal("prometheus.service")
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_systemd_analyze_security_rates_ok_or_better(target: Target, unit: str) -> None:
+    result = target.ssh(f"systemd-analyze security --no-pager {unit}", check=False)
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    score, rating = float(match.group(1)), match.group(2)
+    print(f"{target.name} {unit}: exposure {score} {rating}")
+    assert rating in ("SAFE", "OK"), f"{unit}: {score} {rating}\n{result.stdout}"
