@@ -7,6 +7,7 @@ the cleaner for real, then starts the exporter and prints what Prometheus would 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,12 +16,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import yaml
 
+REPO = Path(__file__).resolve().parents[1]
 HOUR = 3600.0
 DAY = 24 * HOUR
 
@@ -116,9 +119,17 @@ def show_exporter(config: Path, base: Path) -> None:
     say(f"The exporter on http://{address}/metrics")
     log = (base / "exporter.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--config", str(config),
-         "--web.listen-address", address],
-        stdout=log, stderr=log,
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config",
+            str(config),
+            "--web.listen-address",
+            address,
+        ],
+        stdout=log,
+        stderr=log,
     )
     try:
         body = ""
@@ -136,10 +147,17 @@ def show_exporter(config: Path, base: Path) -> None:
             print("the exporter did not answer; its log:")
             print((base / "exporter.log").read_text())
             return
-        wanted = ("limpeza_jobs_active", "limpeza_jobs_stale", "limpeza_jobs{",
-                  "limpeza_files_removed_total", "limpeza_bytes_removed_total",
-                  "limpeza_jobs_reaped_total", "limpeza_directory_files",
-                  "limpeza_filesystem_avail_bytes", "limpeza_last_success")
+        wanted = (
+            "limpeza_jobs_active",
+            "limpeza_jobs_stale",
+            "limpeza_jobs{",
+            "limpeza_files_removed_total",
+            "limpeza_bytes_removed_total",
+            "limpeza_jobs_reaped_total",
+            "limpeza_directory_files",
+            "limpeza_filesystem_avail_bytes",
+            "limpeza_last_success",
+        )
         for line in body.splitlines():
             if line.startswith(wanted):
                 print("  " + line)
@@ -151,6 +169,176 @@ def show_exporter(config: Path, base: Path) -> None:
             proc.kill()
             proc.wait()
         log.close()
+
+
+# --------------------------------------------------------------------------- the whole stack
+
+DEMO_FOR = "10s"
+DEMO_STALE_RUNNING = "45s"
+
+
+def stack_missing() -> list[str]:
+    """What the whole-stack part needs and this machine lacks."""
+    missing = [b for b in ("prometheus", "prometheus-alertmanager") if not shutil.which(b)]
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")) and not shutil.which("pg_ctl"):
+        missing.append("postgresql")
+    return missing
+
+
+def rules_for_demo(directory: Path) -> Path:
+    """The shipped rules, with LimpezaJobsActiveHigh's `for: 1m` cut short for the demo."""
+    text = (REPO / "alerts" / "limpeza.rules.yml").read_text(encoding="utf-8")
+    old = "expr: limpeza_jobs_active > 5\n        for: 1m\n"
+    if old not in text:
+        raise SystemExit("alerts/limpeza.rules.yml no longer has the expected paging rule")
+    copy = directory / "limpeza.rules.yml"
+    copy.write_text(text.replace(old, old.replace("1m", DEMO_FOR)), encoding="utf-8")
+    return copy
+
+
+def print_pages(hook: object, seen: int) -> int:
+    """Prints the notifications that arrived since ``seen``; returns the new count."""
+    received = hook.received()  # type: ignore[attr-defined]
+    for note in received[seen:]:
+        for alert in note.alerts:
+            labels = alert.get("labels", {})
+            summary = alert.get("annotations", {}).get("summary", "")
+            status = alert.get("status", note.status).upper()
+            print(
+                f"  \033[1m[{note.receiver}] {status}\033[0m {labels.get('alertname')} "
+                f"({labels.get('severity')}, {labels.get('instance')}): {summary}",
+                flush=True,
+            )
+    return len(received)
+
+
+def wait_pages(hook: object, predicate: object, seen: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = print_pages(hook, seen)
+        if any(predicate(n) for n in hook.received()):  # type: ignore[attr-defined, operator]
+            return seen
+        time.sleep(0.5)
+    raise SystemExit("no notification arrived in time: see the logs above")
+
+
+def is_note(status: str) -> object:
+    def check(note: object) -> bool:
+        return note.receiver == "pager" and any(  # type: ignore[attr-defined]
+            a.get("labels", {}).get("alertname") == "LimpezaJobsActiveHigh"
+            and a.get("status") == status
+            for a in note.alerts  # type: ignore[attr-defined]
+        )
+
+    return check
+
+
+def whole_stack(stack: contextlib.ExitStack, base: Path) -> None:
+    """PostgreSQL, the cleaner daemon, the exporter, Prometheus, Alertmanager, a webhook."""
+    from http.server import ThreadingHTTPServer
+
+    import psycopg2
+
+    from tests.fixtures import alertmanager as am
+    from tests.fixtures import postgres as pg
+    from tests.fixtures import prometheus as prom
+    from tests.fixtures.limpeza_processes import LimpezaProcesses
+
+    say("The whole stack, every server on 127.0.0.1")
+    # The cluster's owner is unprivileged when the demo runs as root: it gets a
+    # directory of its own that it can reach.
+    pg_base = Path(tempfile.mkdtemp(prefix="limpeza-demo-pg-"))
+    pg_base.chmod(0o755)
+    stack.callback(shutil.rmtree, pg_base, True)
+    server = pg.PostgresServer(pg._bin_dir(), pg_base, free_port(), pg._cluster_owner())
+    server.init()
+    server.start()
+    stack.callback(server.stop, "immediate")
+    with contextlib.closing(server.connect()) as conn, conn.cursor() as cur:
+        cur.execute("CREATE ROLE demo LOGIN PASSWORD 'demo-password'")
+        cur.execute("CREATE DATABASE app OWNER demo")
+    dsn = server.dsn("app", "demo", "demo-password")
+    with contextlib.closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE jobs (id text PRIMARY KEY, status text NOT NULL, "
+            "created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz, "
+            "error_message text)"
+        )
+        cur.execute("CREATE INDEX ON jobs (status, updated_at)")
+        # 3 ghosts long past 3 minutes, 6 running jobs whose workers died just now.
+        cur.execute(
+            "INSERT INTO jobs (id, status, updated_at) SELECT 'ghost-' || i, 'running', "
+            "now() - interval '10 minutes' FROM generate_series(1, 3) i"
+        )
+        cur.execute(
+            "INSERT INTO jobs (id, status, updated_at) SELECT 'scan-' || i, 'running', now() "
+            "FROM generate_series(1, 6) i"
+        )
+        cur.execute(
+            "INSERT INTO jobs (id, status, updated_at) SELECT 'old-' || i, 'done', "
+            "now() - interval '1 hour' FROM generate_series(1, 40) i"
+        )
+        conn.commit()
+    print(f"PostgreSQL on 127.0.0.1:{server.port}: 9 jobs 'running' (3 ghosts for 10 min)")
+
+    hook = am.WebhookServer(free_port())
+    httpd = ThreadingHTTPServer(("127.0.0.1", hook.port), am._handler_for(hook))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    stack.callback(httpd.server_close)
+    stack.callback(httpd.shutdown)
+
+    procs = LimpezaProcesses(base / "run", env={"LIMPEZA_DATABASE_URL": dsn})
+    procs.base.mkdir()
+    stack.callback(procs.stop_all)
+    config = procs.write_config(
+        interval="5s",
+        directories=[base / "uploads"],
+        extra={
+            "log_level": "info",
+            "jobs": {
+                "database": {"table": "jobs"},
+                "stale_after": {"running": DEMO_STALE_RUNNING, "queued": "2m"},
+            },
+        },
+    )
+    procs.start_cleaner(config)
+    exporter = procs.start_exporter(config)
+    alertmanager = am.start_alertmanager(am.routing_for(hook))
+    stack.callback(shutil.rmtree, alertmanager.base, True)
+    stack.callback(alertmanager.stop)
+    prometheus = prom.start_prometheus(
+        [exporter.address],
+        rule_files=[rules_for_demo(base)],
+        alertmanagers=[alertmanager.address],
+        scrape_interval=2,
+        evaluation_interval=2,
+    )
+    stack.callback(shutil.rmtree, prometheus.base, True)
+    stack.callback(prometheus.stop)
+    print(f"the cleaner daemon runs every 5s; running jobs go stale after {DEMO_STALE_RUNNING}")
+    print(f"  exporter      http://{exporter.address}/metrics")
+    print(f"  Prometheus    {prometheus.url}/alerts")
+    print(f"  Alertmanager  {alertmanager.url}")
+    print(f"(the demo's copy of the rules waits {DEMO_FOR} instead of 1m before paging)")
+
+    say("Waiting for the page: more than 5 jobs active")
+    seen = wait_pages(hook, is_note("firing"), 0, 120)
+    active = prometheus.value("limpeza_jobs_active")
+    print(f"limpeza_jobs_active = {active:g}: the cleaner reaped the 3 ghosts, 6 remain")
+
+    say("The operator answers the page: force-clean")
+    result = procs.cleaner_command(config, "force-clean", "--yes")
+    sys.stdout.write(result.stdout)
+    say("Waiting for the resolved notification")
+    wait_pages(hook, is_note("resolved"), seen, 120)
+    print(
+        f"\nlook around: {prometheus.url}/graph?g0.expr=limpeza_jobs_active and {alertmanager.url}"
+    )
+    if sys.stdin.isatty():
+        print("Ctrl-C stops everything.")
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
 
 
 def main() -> int:
@@ -171,8 +359,11 @@ def main() -> int:
         removed = sorted(set(TREE) - set(kept))
         print("removed: " + ", ".join(removed))
         print("kept:    " + ", ".join(kept))
-        assert all(name.startswith("original_") or name in kept for name in TREE if
-                   name.startswith("original_")), "an original was removed"
+        assert all(
+            name.startswith("original_") or name in kept
+            for name in TREE
+            if name.startswith("original_")
+        ), "an original was removed"
         say("Status")
         cleaner(config, "status")
         show_exporter(config, base)
@@ -181,8 +372,21 @@ def main() -> int:
         if audit.exists():
             for line in audit.read_text().splitlines():
                 print("  " + line)
+        missing = stack_missing()
+        if missing:
+            say("The whole stack")
+            print(
+                f"not shown: {', '.join(missing)} not installed (make demo installs them as "
+                "root); the cleaner and exporter above ran on the JSON cache alone."
+            )
+        else:
+            with contextlib.ExitStack() as stack:
+                whole_stack(stack, base)
         print(f"\ndemo done; everything it made was in {base} and is removed now.")
         return 0
+    except KeyboardInterrupt:
+        print("\nstopped; everything the demo started is stopped.")
+        return 130
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
