@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the demo and the test tiers use (installed only where missing).
 APT_PACKAGES := python3-venv findutils util-linux procps postgresql prometheus \
-	prometheus-alertmanager debootstrap systemd-container openssh-client curl
+	prometheus-alertmanager debootstrap systemd-container openssh-client curl time
 PYTEST_ARGS ?=
 
 .PHONY: help setup packages venv demo test lint unit integration host bench bench-quick clean
@@ -39,8 +39,9 @@ lint: setup
 	$(BIN)/ruff format --check cleaner exporter tests bench tools
 	$(BIN)/mypy
 	$(BIN)/yamllint -s .
-	@if [ -d roles ] && [ -n "$$(ls roles)" ]; then PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --profile production; fi
-	@if [ -f alerts/limpeza.rules.yml ]; then promtool check rules alerts/limpeza.rules.yml; fi
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --offline --profile production
+	promtool check rules alerts/limpeza.rules.yml
+	promtool test rules alerts/tests/*.yml
 
 unit: setup
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
