@@ -1,0 +1,204 @@
+"""Section 1, expiring files: limpeza-cleaner once, find -delete and systemd-tmpfiles --clean.
+
+Each contender gets its own fresh ``cp -a`` copy of the same generated tree, in a rotating
+order, and the regular files left afterwards must be exactly the expected survivors.
+
+The contenders and what each is told:
+
+* ``limpeza-cleaner once --json``: the three rules with ``max_age: 24h`` (``recursive:
+  true`` for nested trees), ``protect: [original_*]``, no audit log.
+* GNU find, one invocation with the three patterns as ``-o`` groups:
+  ``find ROOT [-maxdepth 1] -type f ( -name P1 -o -name P2 -o -name P3 ) ! -name original_*
+  -mmin +1440 -delete``.
+* ``systemd-tmpfiles --clean FILE`` with ``e ROOT - - - m:1d`` (age by mtime only) and one
+  ``x ROOT/original_*`` line per directory depth. tmpfiles has no "only files matching P"
+  for a cleaned directory: it ages out *every* file that no ``x`` line excludes, so it
+  matches the others here only because the generated tree holds nothing but the three
+  patterns and the originals.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import trees
+from bench.measure import Run, Summary, ratio, run_child, show_mib, show_seconds, table
+
+CONTENDERS = ("find", "limpeza", "tmpfiles")
+
+
+def limpeza_config(tree: trees.Tree, workdir: Path) -> Path:
+    recursive = "true" if tree.nested else "false"
+    rules = "\n".join(
+        f"    - {{name: {name}, pattern: '{pattern}', max_age: {trees.MAX_AGE_HOURS}h, "
+        f"recursive: {recursive}}}"
+        for name, pattern in zip(
+            ("sessions", "temp_audio", "final_videos"), trees.PATTERNS, strict=True
+        )
+    )
+    path = workdir / "limpeza.yml"
+    path.write_text(
+        f"state_file: {workdir / 'state.json'}\n"
+        "audit_log: null\n"
+        "log_level: warning\n"
+        "files:\n"
+        f"  directories: ['{tree.root}']\n"
+        f"  protect: ['{trees.PROTECT}']\n"
+        "  rules:\n"
+        f"{rules}\n"
+    )
+    return path
+
+
+def find_argv(root: Path, nested: bool) -> list[str]:
+    names: list[str] = []
+    for pattern in trees.PATTERNS:
+        names += (["-o"] if names else []) + ["-name", pattern]
+    depth = [] if nested else ["-maxdepth", "1"]
+    return [
+        "find",
+        str(root),
+        *depth,
+        "-type",
+        "f",
+        "(",
+        *names,
+        ")",
+        "!",
+        "-name",
+        trees.PROTECT,
+        "-mmin",
+        f"+{trees.MAX_AGE_HOURS * 60}",
+        "-delete",
+    ]
+
+
+def tmpfiles_config(root: Path, depth: int, workdir: Path) -> Path:
+    lines = [f"e {root} - - - m:{trees.MAX_AGE_HOURS}h"]
+    for level in range(depth + 1):
+        lines.append(f"x {root}/{'*/' * level}{trees.PROTECT}")
+    path = workdir / "bench.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tmpfiles_binary() -> str | None:
+    return shutil.which("systemd-tmpfiles")
+
+
+def contender_argv(name: str, copy_root: Path, tree: trees.Tree, workdir: Path) -> list[str]:
+    moved = trees.Tree(
+        copy_root, tree.files, tree.nested, tree.depth, tree.survivors, tree.survivor_count
+    )
+    if name == "find":
+        return find_argv(copy_root, tree.nested)
+    if name == "limpeza":
+        cleaner = str(Path(sys.executable).with_name("limpeza-cleaner"))
+        return [cleaner, "--config", str(limpeza_config(moved, workdir)), "once", "--json"]
+    binary = tmpfiles_binary()
+    assert binary is not None
+    return [binary, "--clean", str(tmpfiles_config(copy_root, tree.depth, workdir))]
+
+
+@dataclass
+class Outcome:
+    files: int
+    shape: str
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    mismatches: list[str] = field(default_factory=list)
+
+
+def measure_tree(
+    tree: trees.Tree, repeats: int, scratch: Path, log: Callable[[str], None]
+) -> Outcome:
+    outcome = Outcome(tree.files, tree.shape, {c: [] for c in available()})
+    names = list(outcome.runs)
+    for rep in range(repeats):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            copy_root = scratch / f"copy-{name}"
+            trees.copy(tree, copy_root)
+            with tempfile.TemporaryDirectory(dir=scratch) as work:
+                argv = contender_argv(name, copy_root, tree, Path(work))
+                run = run_child(argv)
+            found, count = trees.surviving(copy_root)
+            trees.remove(copy_root)
+            if found != tree.survivors:
+                outcome.mismatches.append(
+                    f"{name}: {count} files left, expected {tree.survivor_count}"
+                )
+            outcome.runs[name].append(run)
+            log(
+                f"  {tree.files} {tree.shape} {name}: wall {run.wall:.2f}s cpu {run.cpu:.2f}s "
+                f"rss {run.rss_kib / 1024:.1f}MiB left {count}"
+            )
+    return outcome
+
+
+def available() -> tuple[str, ...]:
+    return tuple(c for c in CONTENDERS if c != "tmpfiles" or tmpfiles_binary())
+
+
+def run_section(
+    sizes: tuple[int, ...], repeats: int, scratch: Path, log: Callable[[str], None]
+) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for nested in (False, True):
+        for size in sizes:
+            source = scratch / f"tree-{size}-{'nested' if nested else 'flat'}"
+            started = time.perf_counter()
+            tree = trees.generate(source, size, nested=nested, now=time.time())
+            log(f"generated {size} {tree.shape} in {time.perf_counter() - started:.1f}s")
+            try:
+                outcomes.append(measure_tree(tree, repeats, scratch, log))
+            finally:
+                trees.remove(source)
+    return outcomes
+
+
+def report(outcomes: list[Outcome]) -> str:
+    rows: list[list[str]] = []
+    for out in outcomes:
+        find_wall = Summary.of([r.wall for r in out.runs["find"]])
+        find_cpu = Summary.of([r.cpu for r in out.runs["find"]])
+        for name, runs in out.runs.items():
+            wall = Summary.of([r.wall for r in runs])
+            cpu = Summary.of([r.cpu for r in runs])
+            rss = Summary.of([r.rss_kib / 1024 for r in runs])
+            rows.append(
+                [
+                    f"{out.files:,}",
+                    out.shape,
+                    name,
+                    show_seconds(wall),
+                    show_seconds(cpu),
+                    show_mib(rss),
+                    ratio(wall.median, find_wall.median),
+                    ratio(cpu.median, find_cpu.median),
+                ]
+            )
+    header = [
+        "files",
+        "shape",
+        "contender",
+        "wall",
+        "CPU (user+sys)",
+        "peak RSS",
+        "wall / find",
+        "CPU / find",
+    ]
+    text = table(header, rows)
+    problems = [f"{o.files} {o.shape}: {m}" for o in outcomes for m in o.mismatches]
+    verdict = (
+        "Every run of every contender left exactly the expected survivors "
+        "(the digests of the surviving relative paths matched)."
+        if not problems
+        else "**Mismatches:** " + "; ".join(problems)
+    )
+    return text + "\n\n" + verdict
