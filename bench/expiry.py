@@ -146,11 +146,16 @@ def available() -> tuple[str, ...]:
 
 
 def run_section(
-    sizes: tuple[int, ...], repeats: int, scratch: Path, log: Callable[[str], None]
+    sizes: tuple[int, ...],
+    repeats: int,
+    scratch: Path,
+    log: Callable[[str], None],
+    progress: Callable[[list[Outcome]], None] = lambda _: None,
 ) -> list[Outcome]:
+    """Every size, flat then nested; ``progress`` hears of the outcomes after each tree."""
     outcomes: list[Outcome] = []
-    for nested in (False, True):
-        for size in sizes:
+    for size in sizes:
+        for nested in (False, True):
             source = scratch / f"tree-{size}-{'nested' if nested else 'flat'}"
             started = time.perf_counter()
             tree = trees.generate(source, size, nested=nested, now=time.time())
@@ -159,6 +164,7 @@ def run_section(
                 outcomes.append(measure_tree(tree, repeats, scratch, log))
             finally:
                 trees.remove(source)
+            progress(outcomes)
     return outcomes
 
 
