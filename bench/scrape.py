@@ -9,8 +9,8 @@ Both exporters run as their own processes, read the same configuration and answe
   jobs table (``GROUP BY status``) at each scrape, as a first attempt would.
 
 The data: N files spread over the monitored directories (sparse, 100 per leaf directory)
-and N job rows in a temporary PostgreSQL cluster (97 % finished, the rest queued or running,
-a third of those stale) with the recommended index ``(status, updated_at)``.
+and N job rows in a temporary PostgreSQL cluster (1,000 of them queued or running, a third of
+those stale, the rest finished) with the recommended index ``(status, updated_at)``.
 
     python -m bench.scrape            # 10,000 and 1,000,000 files and rows
     python -m bench.scrape --quick    # 10,000 only, fewer scrapes
@@ -56,7 +56,8 @@ FULL_SIZES = (10_000, 1_000_000)
 QUICK_SIZES = (10_000,)
 FILES_PER_LEAF = 100
 DIRECTORIES = 2
-ACTIVE_SHARE = 0.03
+#: Queued or running jobs, whatever the table size: finished jobs are what accumulates.
+ACTIVE_JOBS = 1000
 PATTERNS = (("session_{}.json", 700), ("temp_audio_{}.wav", 48_000), ("final_{}.mp4", 2_000_000))
 
 
@@ -94,23 +95,23 @@ def make_files(roots: Sequence[Path], total: int, now: float) -> None:
 
 
 def fill_jobs(conn: Any, rows: int) -> None:
-    """``rows`` jobs: 97 % done or error, the rest queued or running, a third stale."""
+    """``rows`` jobs: 1,000 queued or running (a third of them stale), the rest finished."""
     with conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS jobs")
         cur.execute(
             "CREATE TABLE jobs (id bigint PRIMARY KEY, status text NOT NULL, "
             "created_at timestamptz NOT NULL, updated_at timestamptz)"
         )
-        active_every = round(1 / ACTIVE_SHARE)
+        every = max(2, rows // ACTIVE_JOBS)
         cur.execute(
             "INSERT INTO jobs SELECT i, "
-            "CASE WHEN i %% %(every)s = 0 THEN 'running' "
-            "     WHEN i %% %(every)s = 1 THEN 'queued' "
+            "CASE WHEN i %% (2 * %(every)s) = 0 THEN 'running' "
+            "     WHEN i %% (2 * %(every)s) = %(every)s THEN 'queued' "
             "     WHEN i %% 10 = 2 THEN 'error' ELSE 'done' END, "
             "now() - make_interval(secs => i %% 86400), "
             "now() - make_interval(secs => CASE WHEN i %% 3 = 0 THEN 3600 ELSE i %% 60 END) "
             "FROM generate_series(1, %(rows)s) AS i",
-            {"every": active_every, "rows": rows},
+            {"every": every, "rows": rows},
         )
         cur.execute("CREATE INDEX ON jobs (status, updated_at)")
         cur.execute("VACUUM ANALYZE jobs")
@@ -360,7 +361,8 @@ def report(results: Sequence[Latency], quick: bool) -> str:
         "Sequential scrapes of `/metrics` over HTTP on 127.0.0.1, after one warm-up scrape. "
         "limpeza-exporter reads the state file, runs one indexed count query (index on "
         "`(status, updated_at)`) and calls statvfs; the naive exporter walks every monitored "
-        "directory and counts the whole jobs table at each scrape.\n\n"
+        "directory and counts the whole jobs table at each scrape. Files are sparse, 100 per "
+        f"directory; {ACTIVE_JOBS:,} of the job rows are queued or running, the rest finished.\n\n"
         + "\n".join(rows)
         + f"\n\nMachine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}.\n"
