@@ -62,6 +62,11 @@ def test_prometheus_scrapes_what_the_cleaner_did_and_the_jobs_table(
     make_file(site.renders / "final_a.mp4", 1000, 2 * DAY)
     make_file(site.renders / "final_b.mp4", 2000, 5 * DAY)
 
+    # Stale jobs the cleaner run reaps (and counts in its state file).
+    jobs_db.insert_many(
+        [("old-r1", "running", 3600), ("old-r2", "running", 900), ("old-q1", "queued", 600)]
+    )
+
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **site.env}
     run = subprocess.run(
         [*cleaner_command(), "--config", str(site.config), "once"],
@@ -78,7 +83,13 @@ def test_prometheus_scrapes_what_the_cleaner_did_and_the_jobs_table(
         "session_fresh.json",
     ]
 
-    # Jobs written after the cleaner ran, so the counts do not depend on what it reaped.
+    assert {k: v for k, v in jobs_db.statuses().items() if k.startswith("old-")} == {
+        "old-r1": "error",
+        "old-r2": "error",
+        "old-q1": "error",
+    }
+
+    # Jobs written after the cleaner ran: what the exporter counts live.
     jobs_db.insert_many(
         [
             ("r-fresh-1", "running", 5),
@@ -107,6 +118,8 @@ def test_prometheus_scrapes_what_the_cleaner_did_and_the_jobs_table(
         "sessions": 100 + 101 + 102,
         "final_videos": 3000,
     }
+    reaped = prom.query('limpeza_jobs_reaped_total{source="database"}')
+    assert by_label(reaped, "status") == {"running": 2, "queued": 1}
     assert prom.value("limpeza_sweeps_total") == 1
     last_sweep = prom.value("limpeza_last_sweep_timestamp_seconds")
     assert last_sweep is not None and abs(last_sweep - time.time()) < 3600
