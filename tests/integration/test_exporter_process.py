@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import bcrypt
 import pytest
@@ -21,152 +16,15 @@ import requests
 import yaml
 
 from cleaner.state import DirectoryUsage, State, StateStore
-from tests.fixtures.postgres import JobsDatabase, free_port
+from tests.fixtures.exporter import (
+    Site,
+    StartExporter,
+    write_site,
+)
+from tests.fixtures.postgres import JobsDatabase
 from tests.fixtures.prometheus import PrometheusFactory
 
 pytestmark = pytest.mark.integration
-
-START_TIMEOUT = 30.0
-
-
-def exporter_command() -> list[str]:
-    script = Path(sys.executable).parent / "limpeza-exporter"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "exporter"]
-
-
-@dataclass
-class ExporterProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    scheme: str = "http"
-    verify: str | bool = True
-
-    def url(self, path: str = "/metrics") -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
-
-    def get(self, path: str = "/metrics", **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", 15)
-        kwargs.setdefault("verify", self.verify)
-        return requests.get(self.url(path), **kwargs)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"exporter exited {self.process.returncode}:\n{self.log()}")
-            with socket.socket() as sock:
-                sock.settimeout(1)
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise AssertionError(f"exporter not listening after {START_TIMEOUT}s:\n{self.log()}")
-
-    def stop(self) -> int:
-        """SIGTERM and the exit code (SIGKILL, and a failure, if it does not exit)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-                raise AssertionError(f"exporter ignored SIGTERM:\n{self.log()}") from None
-        return self.process.returncode
-
-
-StartExporter = Callable[..., ExporterProcess]
-
-
-@pytest.fixture
-def start_exporter(tmp_path: Path) -> Iterator[StartExporter]:
-    """Starts limpeza-exporter processes on free ports; all are stopped afterwards."""
-    started: list[ExporterProcess] = []
-
-    def start(
-        config: Path,
-        *,
-        env: Mapping[str, str] | None = None,
-        args: Sequence[str] = (),
-        scheme: str = "http",
-        verify: str | bool = True,
-        wait: bool = True,
-    ) -> ExporterProcess:
-        port = free_port()
-        log_path = tmp_path / f"exporter-{port}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    *exporter_command(),
-                    "--config",
-                    str(config),
-                    "--web.listen-address",
-                    f"127.0.0.1:{port}",
-                    *args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})},
-            )
-        exporter = ExporterProcess(process, port, log_path, scheme, verify)
-        started.append(exporter)
-        if wait:
-            exporter.wait_ready()
-        return exporter
-
-    try:
-        yield start
-    finally:
-        for exporter in started:
-            with contextlib.suppress(AssertionError):
-                exporter.stop()
-
-
-@dataclass
-class Site:
-    """A config with two monitored directories, a state file and a JSON job cache."""
-
-    base: Path
-    config: Path
-    state_file: Path
-    uploads: Path
-    renders: Path
-    env: dict[str, str]
-
-
-def write_site(base: Path, jobs_db: JobsDatabase | None = None) -> Site:
-    uploads, renders = base / "uploads", base / "renders"
-    uploads.mkdir(parents=True)
-    renders.mkdir()
-    jobs: dict[str, Any] = {"cache_file": str(base / "jobs.json")}
-    env: dict[str, str] = {}
-    if jobs_db is not None:
-        jobs["database"] = {"table": "jobs"}
-        env["LIMPEZA_DATABASE_URL"] = jobs_db.dsn
-    raw = {
-        "state_file": str(base / "state.json"),
-        "audit_log": None,
-        "files": {
-            "directories": [str(uploads)],
-            "rules": [
-                {"name": "sessions", "pattern": "session_*.json", "max_age": "24h"},
-                {
-                    "name": "final_videos",
-                    "pattern": "final_*.mp4",
-                    "max_age": "24h",
-                    "directories": [str(renders)],
-                },
-            ],
-        },
-        "jobs": jobs,
-    }
-    config = base / "limpeza.yml"
-    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return Site(base, config, base / "state.json", uploads, renders, env)
 
 
 def save_state(site: Site) -> State:

@@ -11,17 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.exporter import StartExporter, write_site
 from tests.fixtures.postgres import JobsDatabase
 from tests.fixtures.prometheus import PrometheusFactory
-from tests.integration.test_exporter_process import (  # the exporter process fixture
-    StartExporter,
-    start_exporter,
-    write_site,
-)
 
 pytestmark = pytest.mark.integration
-
-__all__ = ["start_exporter"]
 
 DAY = 86400.0
 
