@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cleaner import __version__
@@ -151,6 +151,17 @@ def _print_removal(removal: Removal, dry_run: bool) -> None:
     )
 
 
+def _on_remove(audit: AuditLog, args: argparse.Namespace) -> Callable[[Removal], None]:
+    """Each removal goes to the audit log and, unless --json, to standard output."""
+
+    def on_remove(removal: Removal) -> None:
+        audit.write(removal)
+        if not args.json:
+            _print_removal(removal, args.dry_run)
+
+    return on_remove
+
+
 def _finish(result: SweepResult, as_json: bool, jobs: CycleReport | None = None) -> int:
     if as_json:
         payload = result.to_dict()
@@ -197,14 +208,12 @@ def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping
     """One cycle as the daemon runs it: the file sweep, then (unless a dry run) the jobs."""
     now = time.time()
     with AuditLog(None if args.dry_run else config.audit_log, time.time) as audit:
-
-        def on_remove(removal: Removal) -> None:
-            audit.write(removal)
-            if not args.json:
-                _print_removal(removal, args.dry_run)
-
         result = sweep(
-            config.files, now=now, dry_run=args.dry_run, max_age=args.max_age, on_remove=on_remove
+            config.files,
+            now=now,
+            dry_run=args.dry_run,
+            max_age=args.max_age,
+            on_remove=_on_remove(audit, args),
         )
     if args.dry_run:
         return _finish(result, args.json)
@@ -231,18 +240,12 @@ def _cmd_purge(args: argparse.Namespace, config: Config, path: Path, env: Mappin
         return EXIT_USAGE
     now = time.time()
     with AuditLog(None if args.dry_run else config.audit_log, time.time) as audit:
-
-        def on_remove(removal: Removal) -> None:
-            audit.write(removal)
-            if not args.json:
-                _print_removal(removal, args.dry_run)
-
         result = purge_session(
             config.files,
             args.session_id,
             include_final=args.include_final,
             dry_run=args.dry_run,
-            on_remove=on_remove,
+            on_remove=_on_remove(audit, args),
             now=now,
         )
     _record(config, result, now)

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from psycopg2 import sql
 
 from cleaner.config import DatabaseConfig, JobsConfig, format_duration, mask_dsn
 from cleaner.health import HealthMonitor, HealthResult, check_health
-from cleaner.state import State
+from cleaner.state import State, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -263,33 +262,21 @@ def _unchanged(fd: int, before: os.stat_result) -> bool:
 def _replace_keeping_owner(
     path: Path, records: Mapping[str, object], original: os.stat_result
 ) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(records, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-            handle.flush()
-            os.fchmod(handle.fileno(), original.st_mode & 0o7777)
-            mine = os.fstat(handle.fileno())
-            if (mine.st_uid, mine.st_gid) != (original.st_uid, original.st_gid):
-                try:
-                    os.fchown(handle.fileno(), original.st_uid, original.st_gid)
-                except PermissionError:
-                    raise CacheError(
-                        f"{path}: cannot keep its owner {original.st_uid}:{original.st_gid}; "
-                        "not rewritten"
-                    ) from None
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write_json_atomic(
+            path,
+            records,
+            mode=original.st_mode & 0o7777,
+            owner=(original.st_uid, original.st_gid),
+            indent=2,
+            sort_keys=False,
+            ensure_ascii=False,
+        )
+    except PermissionError as exc:
+        raise CacheError(
+            f"{path}: cannot rewrite it with its owner {original.st_uid}:{original.st_gid} "
+            f"and mode ({exc.strerror}); not rewritten"
+        ) from None
 
 
 def reap_cache(

@@ -256,18 +256,38 @@ class StateStore:
             os.close(fd)
 
 
-def write_json_atomic(path: Path, payload: object, *, mode: int | None = None) -> None:
-    """Replaces ``path`` with the JSON of ``payload`` so that readers never see half a file."""
+def write_json_atomic(
+    path: Path,
+    payload: object,
+    *,
+    mode: int | None = None,
+    owner: tuple[int, int] | None = None,
+    indent: int = 1,
+    sort_keys: bool = True,
+    ensure_ascii: bool = True,
+) -> None:
+    """Replaces ``path`` with the JSON of ``payload`` so that readers never see half a file.
+
+    A temporary file in the same directory gets ``mode`` and ``owner`` (uid, gid) when
+    given, is fsynced and moved over ``path``; then the directory is fsynced. Raises
+    OSError (PermissionError when the owner cannot be kept) and leaves ``path`` as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=1, sort_keys=True)
+            json.dump(
+                payload, handle, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii
+            )
             handle.write("\n")
             handle.flush()
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
+            if owner is not None:
+                mine = os.fstat(handle.fileno())
+                if (mine.st_uid, mine.st_gid) != owner:
+                    os.fchown(handle.fileno(), *owner)
             os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
