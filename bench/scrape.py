@@ -51,6 +51,7 @@ from psycopg2 import sql
 
 from cleaner.config import Config, load
 from cleaner.state import DirectoryUsage, State, StateStore
+from tests.fixtures.processes import free_port
 
 FULL_SIZES = (10_000, 1_000_000)
 QUICK_SIZES = (10_000,)
@@ -59,12 +60,6 @@ DIRECTORIES = 2
 #: Queued or running jobs, whatever the table size: finished jobs are what accumulates.
 ACTIVE_JOBS = 1000
 PATTERNS = (("session_{}.json", 700), ("temp_audio_{}.wav", 48_000), ("final_{}.mp4", 2_000_000))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def log(message: str) -> None:

@@ -11,8 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+
+from tests.fixtures.processes import free_port, terminate
 
 REPO = Path(__file__).resolve().parents[1]
 HOUR = 3600.0
@@ -67,12 +67,6 @@ def cleaner(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     for line in result.stderr.splitlines():
         print(f"  (log) {line}")
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build(base: Path) -> Path:
@@ -162,12 +156,7 @@ def show_exporter(config: Path, base: Path) -> None:
             if line.startswith(wanted):
                 print("  " + line)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         log.close()
 
 

@@ -314,7 +314,7 @@ def test_database_down_at_start_backs_off_and_cache_is_still_reaped(
     # Nothing listens on this port: the database is down from the start.
     from dataclasses import replace
 
-    from tests.fixtures.postgres import free_port
+    from tests.fixtures.processes import free_port
 
     down = replace(
         config.jobs,
