@@ -7,13 +7,11 @@ once per session: first in check mode on the fresh hosts, then for real.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
-from psycopg2 import sql
 
 from tests.fixtures.nspawn import Target, boot_targets, free_port
-from tests.fixtures.postgres import ROLE, JobsDatabase, PostgresServer
+from tests.fixtures.postgres import JobsDatabase, PostgresServer, fresh_jobs_database
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["limpeza-a", "limpeza-b"]
@@ -186,26 +183,8 @@ def _write_inventory(
 @pytest.fixture(scope="session")
 def shared_jobs_db(postgres_server: PostgresServer) -> Iterator[JobsDatabase]:
     """One jobs database for the whole host tier, shared by both targets."""
-    if not postgres_server.running:
-        postgres_server.start()
-    name = f"limpeza_host_{uuid.uuid4().hex[:8]}"
-    with contextlib.closing(postgres_server.connect()) as conn, conn.cursor() as cur:
-        cur.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(name), sql.Identifier(ROLE)
-            )
-        )
-    database = JobsDatabase(postgres_server, name)
-    database.create_table()
-    try:
+    with fresh_jobs_database(postgres_server, "limpeza_host") as database:
         yield database
-    finally:
-        if not postgres_server.running:
-            postgres_server.start()
-        with contextlib.closing(postgres_server.connect()) as conn, conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture(scope="session")
