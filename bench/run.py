@@ -86,6 +86,8 @@ class Results:
         self.sections: dict[str, str] = {}
         self.started = datetime.datetime.now(datetime.UTC)
         self.machine = machine()
+        self.load_start = os.getloadavg()[0]
+        self.load_end: float | None = None
 
     def add(self, name: str, text: str) -> None:
         self.sections[name] = text
@@ -100,9 +102,11 @@ class Results:
             "Every number below is measured by `bench/run.py`; none is typed by hand.",
             "",
             f"Machine: {self.machine}.",
-            "The machine was shared with other work while this ran, so wall times carry "
-            "noise: CPU times (user + system of the measured process) and medians of "
-            "repeats are the steadier figures. Ranges in brackets are min-max.",
+            f"Load average (1 min) when the run started: {self.load_start:.2f}"
+            + (f"; when it ended: {self.load_end:.2f}." if self.load_end is not None else "."),
+            "Wall times carry the noise of whatever else the machine does: CPU times "
+            "(user + system of the measured process) and medians of repeats are the "
+            "steadier figures. Ranges in brackets are min-max.",
             "",
         ]
         body = []
@@ -207,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(scratch)], check=False)
+        results.load_end = os.getloadavg()[0]
+        results.write()
     log(f"wrote {args.output} in {time.perf_counter() - started:.0f}s")
     return 0
 
