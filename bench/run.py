@@ -152,13 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, ~3 minutes")
     parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}")
-    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="default: bench/RESULTS.md, or bench/out/RESULTS-quick.md with --quick "
+        "(a quick run never overwrites the published numbers)",
+    )
     args = parser.parse_args(argv)
     wanted = tuple(args.only.split(",")) if args.only else SECTIONS
     unknown = set(wanted) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     plan = QUICK if args.quick else FULL
+    if args.output is None:
+        args.output = HERE / "out" / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md"
+        args.output.parent.mkdir(exist_ok=True)
     results = Results(args.output, args.quick, wanted)
     results.write()
     scratch = Path(tempfile.mkdtemp(prefix="limpeza-bench-"))
