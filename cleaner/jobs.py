@@ -168,14 +168,21 @@ def _lock(fd: int, kind: int, path: Path, wait: float) -> None:
             time.sleep(0.005)
 
 
-def read_cache(path: Path, *, lock_wait: float = CACHE_LOCK_WAIT) -> dict[str, dict[str, object]]:
-    """The cache's records under a shared flock; {} when missing, CacheError when corrupt."""
+def _open_cache(path: Path) -> int | None:
+    """The cache opened for reading (never through a symlink); None when there is none."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
-        return {}
+        return None
     except OSError as exc:
         raise CacheError(f"{path}: cannot open: {exc.strerror}") from None
+
+
+def read_cache(path: Path, *, lock_wait: float = CACHE_LOCK_WAIT) -> dict[str, dict[str, object]]:
+    """The cache's records under a shared flock; {} when missing, CacheError when corrupt."""
+    fd = _open_cache(path)
+    if fd is None:
+        return {}
     try:
         _lock(fd, fcntl.LOCK_SH, path, lock_wait)
         return _parse_cache(_read_all(fd), path)
@@ -215,12 +222,9 @@ def rewrite_cache(
     A missing file is nothing to do; a corrupt one raises CacheError and is not touched.
     """
     for _ in range(attempts):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
+        fd = _open_cache(path)
+        if fd is None:
             return {}
-        except OSError as exc:
-            raise CacheError(f"{path}: cannot open: {exc.strerror}") from None
         try:
             _lock(fd, fcntl.LOCK_EX, path, lock_wait)
             before = os.fstat(fd)
