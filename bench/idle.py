@@ -41,7 +41,8 @@ def probe(config_path: Path, sweeps: int, use_memory: bool) -> dict[str, object]
     """Runs in the child: ``sweeps`` sweeps, each timed; the last usage counters."""
     from cleaner import config as config_mod
     from cleaner.daemon import FULL_SWEEP_EVERY
-    from cleaner.files import SweepMemory, sweep
+    from cleaner.files import sweep
+    from cleaner.memory import SweepMemory
 
     config = config_mod.load(config_path, {})
     memory = SweepMemory(FULL_SWEEP_EVERY) if use_memory else None

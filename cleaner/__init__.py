@@ -36,11 +36,11 @@ def purge_session(
     removed) and cleaner.config.ConfigError for an invalid configuration.
     """
     from cleaner import config as config_mod
-    from cleaner import files
+    from cleaner import sessions
 
-    files.validate_session_id(session_id)
+    sessions.validate_session_id(session_id)
     if config is None:
         config = config_mod.load(Path(config_file or config_mod.DEFAULT_CONFIG_PATH))
-    return files.purge_session(
+    return sessions.purge_session(
         config.files, session_id, include_final=include_final, dry_run=dry_run, now=time.time()
     )

@@ -19,18 +19,11 @@ from cleaner import config as config_mod
 from cleaner.audit import AuditLog
 from cleaner.config import Config, ConfigError
 from cleaner.daemon import Daemon, apply_sweep
-from cleaner.files import (
-    Removal,
-    SweepResult,
-    format_age,
-    format_bytes,
-    purge_session,
-    survey,
-    sweep,
-    validate_session_id,
-)
+from cleaner.files import Removal, SweepResult, format_age, format_bytes, sweep
 from cleaner.jobs import CycleReport, JobReaper, format_force_clean, format_jobs_status
+from cleaner.sessions import purge_session, validate_session_id
 from cleaner.state import State, StateStore, read_state
+from cleaner.survey import survey
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 

@@ -18,8 +18,9 @@ from types import FrameType
 from cleaner import config as config_mod
 from cleaner.audit import AuditLog
 from cleaner.config import Config, ConfigError
-from cleaner.files import SweepMemory, SweepResult, sweep
+from cleaner.files import SweepResult, sweep
 from cleaner.jobs import JobReaper
+from cleaner.memory import SweepMemory
 from cleaner.state import State, StateStore
 
 log = logging.getLogger(__name__)

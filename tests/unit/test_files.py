@@ -14,7 +14,8 @@ import pytest
 
 from cleaner import files
 from cleaner.audit import AuditLog
-from cleaner.files import Removal, purge_session, sweep, validate_session_id
+from cleaner.files import Removal, sweep
+from cleaner.sessions import purge_session, validate_session_id
 from tests.fixtures.trees import DAY, NOW, Tree
 
 
@@ -188,14 +189,14 @@ def test_entry_swapped_for_symlink_between_scan_and_unlink(
     outside = tmp_path / "precious.txt"
     outside.write_bytes(b"keep me")
     target = tree.file("session_race.json", age=9 * DAY)
-    original_remove = files._remove
+    original_remove = files.remove_candidate
 
     def swap_then_remove(candidate: object, result: object, dry_run: bool) -> bool:
         target.unlink()
         target.symlink_to(outside)
         return original_remove(candidate, result, dry_run)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(files, "_remove", swap_then_remove)
+    monkeypatch.setattr(files, "remove_candidate", swap_then_remove)
     result = _sweep(tree)
     assert outside.read_bytes() == b"keep me"
     assert target.is_symlink()

@@ -12,7 +12,8 @@ import pytest
 
 from cleaner import files
 from cleaner.config import FilesConfig, Rule
-from cleaner.files import SweepMemory, sweep
+from cleaner.files import sweep
+from cleaner.memory import SweepMemory
 
 DAY = 86_400.0
 NOW = time.time()

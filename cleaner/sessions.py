@@ -1,0 +1,121 @@
+"""Purging one session's files at once (``limpeza-cleaner purge-session``).
+
+The names come from the configuration's ``session_files`` (and ``final_files`` on
+request) with ``{id}`` replaced by the session id, which is checked first: only 1 to 128
+characters of ``[A-Za-z0-9_-]`` are accepted, so an id can never name a path elsewhere.
+Each name is looked up directly in every configured directory, whatever its age, and
+removed through the sweep's own checks (protected names, symlinks, other files than
+regular ones and files held with ``flock`` are left alone).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from stat import S_ISLNK, S_ISREG
+
+from cleaner.config import FilesConfig, Rule
+from cleaner.files import Candidate, Removal, RemovalHook, RuleTally, SweepResult, remove_candidate
+from cleaner.patterns import is_protected, match_rule
+from cleaner.state import SKIP_REASONS
+
+log = logging.getLogger(__name__)
+
+SESSION_ID_MAX = 128
+
+
+def validate_session_id(session_id: str) -> None:
+    """Raises ValueError unless the id is 1 to 128 characters of [A-Za-z0-9_-]."""
+    ok = (
+        isinstance(session_id, str)
+        and 0 < len(session_id) <= SESSION_ID_MAX
+        and all(c.isascii() and (c.isalnum() or c in "_-") for c in session_id)
+    )
+    if not ok:
+        shown = repr(session_id)[:60]
+        raise ValueError(
+            f"invalid session id {shown}: expected 1 to {SESSION_ID_MAX} characters "
+            "of A-Z, a-z, 0-9, _ and -"
+        )
+
+
+def session_file_names(files: FilesConfig, session_id: str, *, include_final: bool) -> list[str]:
+    templates = files.session_files + (files.final_files if include_final else ())
+    return [t.replace("{id}", session_id) for t in templates]
+
+
+def purge_session(
+    files: FilesConfig,
+    session_id: str,
+    *,
+    include_final: bool = False,
+    dry_run: bool = False,
+    on_remove: RemovalHook | None = None,
+    now: float = 0.0,
+) -> SweepResult:
+    """Removes one session's files at once, whatever their age.
+
+    ``session_id`` must be 1 to 128 of ``[A-Za-z0-9_-]``; anything else raises
+    ValueError before the disk is touched. Protected names, symlinks and locked files
+    are left alone exactly as in a sweep.
+    """
+    validate_session_id(session_id)
+    names = session_file_names(files, session_id, include_final=include_final)
+    result = SweepResult(dry_run=dry_run)
+    result.skipped = dict.fromkeys(SKIP_REASONS, 0)
+    for root in files.all_directories():
+        try:
+            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            result.missing.append(str(root))
+            continue
+        except OSError as exc:
+            result.errors += 1
+            log.error("cannot open directory %s: %s", root, exc.strerror or exc)
+            continue
+        try:
+            for name in names:
+                _purge_one(files, dir_fd, str(root), name, result, dry_run, on_remove, now)
+        finally:
+            os.close(dir_fd)
+    return result
+
+
+def _purge_one(
+    files: FilesConfig,
+    dir_fd: int,
+    directory: str,
+    name: str,
+    result: SweepResult,
+    dry_run: bool,
+    on_remove: RemovalHook | None,
+    now: float,
+) -> None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        result.errors += 1
+        log.error("cannot stat %s: %s", os.path.join(directory, name), exc.strerror or exc)
+        return
+    if is_protected(name, files.protect):
+        result.skip("protected")
+        return
+    if S_ISLNK(st.st_mode):
+        result.skip("symlink")
+        return
+    if not S_ISREG(st.st_mode):
+        result.skip("not_regular")
+        return
+    rule = match_rule(name, files.rules)
+    label = rule.name if rule is not None else "session_purge"
+    pseudo = Rule(label, name, 0.0, (Path(directory),))
+    candidate = Candidate(dir_fd, directory, name, pseudo, st)
+    if remove_candidate(candidate, result, dry_run):
+        tally = result.removed.setdefault(label, RuleTally())
+        tally.files += 1
+        tally.bytes += st.st_size
+        if on_remove is not None:
+            on_remove(Removal(label, candidate.path, st.st_size, now - st.st_mtime, st.st_mtime))

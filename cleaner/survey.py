@@ -1,0 +1,42 @@
+"""What the configured directories hold now: the files part of ``limpeza-cleaner status``.
+
+The same walk as the sweep's (same rules, protect globs and safety: no symlink followed,
+no mount point crossed), with nothing removed: per directory and rule, the matching
+regular files, their bytes, and how many of them are past the rule's age.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cleaner.config import FilesConfig
+from cleaner.files import SweepResult, Walker
+from cleaner.state import DirectoryUsage
+
+
+@dataclass
+class RuleSurvey:
+    """One rule's matching files in one directory, and those of them past its age."""
+
+    files: int = 0
+    bytes: int = 0
+    expired: int = 0
+    expired_bytes: int = 0
+
+
+def survey(files: FilesConfig, *, now: float) -> dict[str, dict[str, RuleSurvey]]:
+    """What is there now, per directory and rule: files, bytes, and how many are expired."""
+    report: dict[str, dict[str, RuleSurvey]] = {}
+    scratch = SweepResult(dry_run=True)
+    for root in files.all_directories():
+        rules = tuple(r for r in files.rules if root in r.directories)
+        per_rule = report.setdefault(str(root), {r.name: RuleSurvey() for r in rules})
+        walker = Walker(root, rules, files.protect, scratch, DirectoryUsage())
+        for candidate in walker.candidates():
+            entry = per_rule[candidate.rule.name]
+            entry.files += 1
+            entry.bytes += candidate.st.st_size
+            if now - candidate.st.st_mtime >= candidate.rule.max_age:
+                entry.expired += 1
+                entry.expired_bytes += candidate.st.st_size
+    return report
