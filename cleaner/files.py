@@ -135,6 +135,29 @@ def _display(directory: str, name: str) -> str:
     return os.path.join(directory, name)
 
 
+@dataclass(frozen=True, slots=True)
+class SweepHooks:
+    """Callables the sweep calls at named points, each with the path concerned.
+
+    They let a test act at the exact moment a race could happen (replace, swap or delete
+    a file between two steps of the sweep) and watch what it does, without patching its
+    internals. Each is optional; one left at None is not called and costs nothing.
+    """
+
+    #: A directory is about to be read (its entries listed): its path.
+    before_read: Callable[[str], None] | None = None
+    #: A file the scan chose for removal is about to be opened for the checks that precede
+    #: ``unlink`` (still the same file, not held with ``flock``): its path.
+    before_open: Callable[[str], None] | None = None
+    #: Those checks passed; what remains is to lstat the name once more, compare, and
+    #: unlink it: its path. Not called in a dry run, which unlinks nothing.
+    before_unlink: Callable[[str], None] | None = None
+
+
+#: No hooks: what every caller but the tests uses.
+NO_HOOKS = SweepHooks()
+
+
 class Candidate:
     """A regular file that matches a rule, seen through its parent's descriptor."""
 
@@ -172,6 +195,7 @@ class Walker:
         now: float | None = None,
         max_age: float | None = None,
         memory: SweepMemory | None = None,
+        hooks: SweepHooks = NO_HOOKS,
     ) -> None:
         self.root = root
         self.rules = RuleSet(rules)
@@ -182,6 +206,7 @@ class Walker:
         self.now = now
         self.max_age = max_age
         self.memory = memory
+        self.hooks = hooks
 
     def candidates(self) -> Iterator[Candidate]:
         try:
@@ -235,6 +260,8 @@ class Walker:
         started_ns = time.time_ns()
         tally = DirectoryTally()
         errors = self.result.errors
+        if self.hooks.before_read is not None:
+            self.hooks.before_read(directory)
         try:
             entries = os.scandir(dir_fd)
         except OSError as exc:
@@ -340,8 +367,12 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and S_ISREG(b.st_mode)
 
 
-def remove_candidate(candidate: Candidate, result: SweepResult, dry_run: bool) -> bool:
+def remove_candidate(
+    candidate: Candidate, result: SweepResult, dry_run: bool, hooks: SweepHooks = NO_HOOKS
+) -> bool:
     """Removes one candidate if it is still the same, unlocked regular file."""
+    if hooks.before_open is not None:
+        hooks.before_open(candidate.path)
     try:
         fd = os.open(candidate.name, _FILE_FLAGS, dir_fd=candidate.dir_fd)
     except FileNotFoundError:
@@ -368,6 +399,8 @@ def remove_candidate(candidate: Candidate, result: SweepResult, dry_run: bool) -
                 return False
         if dry_run:
             return True
+        if hooks.before_unlink is not None:
+            hooks.before_unlink(candidate.path)
         try:
             now_st = os.stat(candidate.name, dir_fd=candidate.dir_fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -398,6 +431,7 @@ def sweep(
     on_remove: RemovalHook | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     memory: SweepMemory | None = None,
+    hooks: SweepHooks = NO_HOOKS,
 ) -> SweepResult:
     """One pass over every configured directory.
 
@@ -405,6 +439,7 @@ def sweep(
     rule's age (0 removes every matching file); ``should_stop`` is asked after each file.
     ``memory`` (the daemon's, kept between cycles) lets directories that provably hold
     nothing new nor expired go unread; it is not used with ``dry_run`` or ``max_age``.
+    ``hooks`` are called at the points they name (see SweepHooks); none by default.
     """
     result = SweepResult(dry_run=dry_run, removed={r.name: RuleTally() for r in files.rules})
     result.skipped = dict.fromkeys(SKIP_REASONS, 0)
@@ -416,10 +451,18 @@ def sweep(
         rules = tuple(r for r in files.rules if root in r.directories)
         usage = result.directories.setdefault(str(root), DirectoryUsage())
         walker = Walker(
-            root, rules, files.protect, result, usage, now=now, max_age=max_age, memory=memory
+            root,
+            rules,
+            files.protect,
+            result,
+            usage,
+            now=now,
+            max_age=max_age,
+            memory=memory,
+            hooks=hooks,
         )
         for candidate in walker.candidates():
-            if remove_candidate(candidate, result, dry_run):
+            if remove_candidate(candidate, result, dry_run, hooks):
                 st = candidate.st
                 tally = result.removed[candidate.rule.name]
                 tally.files += 1

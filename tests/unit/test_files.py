@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from cleaner import files
 from cleaner.audit import AuditLog
-from cleaner.files import Removal, sweep
+from cleaner.files import Removal, SweepHooks, sweep
 from cleaner.sessions import purge_session, validate_session_id
 from tests.fixtures.trees import DAY, NOW, Tree
 
@@ -183,41 +182,32 @@ def test_symlinked_directory_inside_a_root_is_not_followed(tree: Tree, tmp_path:
     assert victim.exists()
 
 
-def test_entry_swapped_for_symlink_between_scan_and_unlink(
-    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_entry_swapped_for_symlink_between_scan_and_unlink(tree: Tree, tmp_path: Path) -> None:
     outside = tmp_path / "precious.txt"
     outside.write_bytes(b"keep me")
     target = tree.file("session_race.json", age=9 * DAY)
-    original_remove = files.remove_candidate
 
-    def swap_then_remove(candidate: object, result: object, dry_run: bool) -> bool:
+    def swap(path: str) -> None:  # the scan saw a regular file; now it is a link
+        assert path == str(target)
         target.unlink()
         target.symlink_to(outside)
-        return original_remove(candidate, result, dry_run)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(files, "remove_candidate", swap_then_remove)
-    result = _sweep(tree)
+    result = _sweep(tree, hooks=SweepHooks(before_open=swap))
     assert outside.read_bytes() == b"keep me"
     assert target.is_symlink()
     assert result.skipped["changed"] == 1
     assert result.files_removed == 0
 
 
-def test_entry_replaced_right_before_unlink_is_spared(
-    tree: Tree, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_entry_replaced_right_before_unlink_is_spared(tree: Tree) -> None:
     target = tree.file("session_race.json", age=9 * DAY)
-    real_flock = fcntl.flock
 
-    def flock_then_replace(fd: int, op: int) -> None:
-        real_flock(fd, op)
+    def replace(path: str) -> None:  # the old file was checked and locked; a new one lands
         replacement = target.with_name("new")
         replacement.write_bytes(b"a new upload with the same name")
         replacement.replace(target)
 
-    monkeypatch.setattr(files.fcntl, "flock", flock_then_replace)
-    result = _sweep(tree)
+    result = _sweep(tree, hooks=SweepHooks(before_unlink=replace))
     assert target.read_bytes() == b"a new upload with the same name"
     assert result.skipped["changed"] == 1
 
@@ -248,39 +238,32 @@ def test_file_without_read_permission_is_still_expired(tree: Tree) -> None:
     assert result.errors == 0
 
 
-def test_files_vanishing_mid_scan_are_not_errors(
-    tree: Tree, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_files_vanishing_mid_scan_are_not_errors(tree: Tree) -> None:
     for i in range(6):
         tree.file(f"session_{i}.json", age=9 * DAY)
-    original_match = files.match_rule
-    calls = {"n": 0}
+    opened: list[str] = []
 
-    def match_and_delete_others(name: str, rules: tuple[object, ...]) -> object:
-        calls["n"] += 1
-        if calls["n"] == 1:
+    def delete_others(path: str) -> None:
+        # The first candidate is out of the scan, which has listed the rest but not yet
+        # looked at them: half of the files go now (maybe this very one).
+        if not opened:
             for i in range(3):
                 (tree.uploads / f"session_{i}.json").unlink(missing_ok=True)
-        return original_match(name, rules)  # type: ignore[arg-type]
+        opened.append(path)
 
-    monkeypatch.setattr(files, "match_rule", match_and_delete_others)
-    result = _sweep(tree)
+    result = _sweep(tree, hooks=SweepHooks(before_open=delete_others))
+    assert len(opened) >= 1
     assert result.errors == 0
     assert tree.names() == set()
 
 
-def test_file_vanishing_between_check_and_unlink(
-    tree: Tree, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_file_vanishing_between_check_and_unlink(tree: Tree) -> None:
     target = tree.file("session_gone.json", age=9 * DAY)
-    real_flock = fcntl.flock
 
-    def flock_then_delete(fd: int, op: int) -> None:
-        real_flock(fd, op)
+    def delete(path: str) -> None:
         target.unlink()
 
-    monkeypatch.setattr(files.fcntl, "flock", flock_then_delete)
-    result = _sweep(tree)
+    result = _sweep(tree, hooks=SweepHooks(before_unlink=delete))
     assert result.errors == 0
     assert result.files_removed == 0
 

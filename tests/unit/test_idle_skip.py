@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cleaner import files
 from cleaner.config import FilesConfig, Rule
-from cleaner.files import sweep
+from cleaner.files import SweepHooks, sweep
 from cleaner.memory import SweepMemory
 
 DAY = 86_400.0
@@ -40,18 +38,17 @@ def _settle(*directories: Path) -> None:
         os.utime(directory, (NOW - 60, NOW - 60))
 
 
+class Reads(list[str]):
+    """The directories read (listed) by the sweeps given ``hooks``, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hooks = SweepHooks(before_read=self.append)
+
+
 @pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts directory reads (os.scandir calls) made by the sweep."""
-    calls: list[int] = []
-    real = os.scandir
-
-    def counting(fd: int) -> object:
-        calls.append(fd)
-        return real(fd)
-
-    monkeypatch.setattr(files.os, "scandir", counting)
-    yield calls
+def reads() -> Reads:
+    return Reads()
 
 
 @pytest.fixture
@@ -66,10 +63,10 @@ def uploads(tmp_path: Path) -> Path:
     return root
 
 
-def test_nothing_changed_directory_is_not_read_again(uploads: Path, reads: list[int]) -> None:
+def test_nothing_changed_directory_is_not_read_again(uploads: Path, reads: Reads) -> None:
     config, memory = _config(uploads), SweepMemory()
-    first = sweep(config, now=NOW, memory=memory)
-    second = sweep(config, now=NOW + 30, memory=memory)
+    first = sweep(config, now=NOW, memory=memory, hooks=reads.hooks)
+    second = sweep(config, now=NOW + 30, memory=memory, hooks=reads.hooks)
     assert len(reads) == 1  # only the first sweep read the directory
     assert memory.reused == 1
     assert first.files_removed == second.files_removed == 0
@@ -77,23 +74,23 @@ def test_nothing_changed_directory_is_not_read_again(uploads: Path, reads: list[
     assert (usage.files, usage.bytes) == (4, 3 + 10 + 100 + 5)
 
 
-def test_new_file_in_remembered_directory_is_found(uploads: Path, reads: list[int]) -> None:
+def test_new_file_in_remembered_directory_is_found(uploads: Path, reads: Reads) -> None:
     config, memory = _config(uploads), SweepMemory()
-    sweep(config, now=NOW, memory=memory)
+    sweep(config, now=NOW, memory=memory, hooks=reads.hooks)
     late = _file(uploads, "session_late.json", age=9 * DAY)  # the directory's mtime moves
-    result = sweep(config, now=NOW + 30, memory=memory)
+    result = sweep(config, now=NOW + 30, memory=memory, hooks=reads.hooks)
     assert not late.exists()
     assert result.removed["sessions"].files == 1
     assert len(reads) == 2
 
 
-def test_expiry_reached_in_unchanged_directory_is_found(uploads: Path, reads: list[int]) -> None:
+def test_expiry_reached_in_unchanged_directory_is_found(uploads: Path, reads: Reads) -> None:
     config, memory = _config(uploads), SweepMemory()
-    sweep(config, now=NOW, memory=memory)
-    sweep(config, now=NOW + 60, memory=memory)
+    sweep(config, now=NOW, memory=memory, hooks=reads.hooks)
+    sweep(config, now=NOW + 60, memory=memory, hooks=reads.hooks)
     assert len(reads) == 1
     # final_a.mp4 (2 h old) reaches 24 h first; the directory itself never changed.
-    result = sweep(config, now=NOW + DAY - 7200 + 1, memory=memory)
+    result = sweep(config, now=NOW + DAY - 7200 + 1, memory=memory, hooks=reads.hooks)
     assert len(reads) == 2
     assert result.removed["final_videos"].files == 1
     assert not (uploads / "final_a.mp4").exists()
@@ -110,29 +107,29 @@ def test_usage_of_a_skipped_directory_matches_a_full_read(uploads: Path) -> None
     assert remembered.skipped == fresh.skipped
 
 
-def test_directory_with_removals_is_read_again_next_cycle(uploads: Path, reads: list[int]) -> None:
+def test_directory_with_removals_is_read_again_next_cycle(uploads: Path, reads: Reads) -> None:
     _file(uploads, "session_old.json", age=9 * DAY)
     _settle(uploads)
     config, memory = _config(uploads), SweepMemory()
-    assert sweep(config, now=NOW, memory=memory).files_removed == 1
+    assert sweep(config, now=NOW, memory=memory, hooks=reads.hooks).files_removed == 1
     _settle(uploads)  # the next cycle comes 30 s later
-    assert sweep(config, now=NOW + 30, memory=memory).files_removed == 0
+    assert sweep(config, now=NOW + 30, memory=memory, hooks=reads.hooks).files_removed == 0
     assert len(reads) == 2  # removing changed the directory: read again, then remembered
-    usage = sweep(config, now=NOW + 60, memory=memory).directories[str(uploads)]
+    usage = sweep(config, now=NOW + 60, memory=memory, hooks=reads.hooks).directories[str(uploads)]
     assert len(reads) == 2
     assert (usage.files, usage.bytes) == (4, 118)
 
 
-def test_recently_changed_directory_is_not_remembered(uploads: Path, reads: list[int]) -> None:
+def test_recently_changed_directory_is_not_remembered(uploads: Path, reads: Reads) -> None:
     os.utime(uploads)  # modified just now: a change in the same clock tick could hide
     config, memory = _config(uploads), SweepMemory()
-    sweep(config, now=NOW, memory=memory)
-    sweep(config, now=NOW + 30, memory=memory)
+    sweep(config, now=NOW, memory=memory, hooks=reads.hooks)
+    sweep(config, now=NOW + 30, memory=memory, hooks=reads.hooks)
     assert len(reads) == 2
 
 
 def test_change_in_a_subdirectory_is_found_under_an_unchanged_parent(
-    tmp_path: Path, reads: list[int]
+    tmp_path: Path, reads: Reads
 ) -> None:
     root = tmp_path / "uploads"
     leaf = root / "a" / "b"
@@ -140,15 +137,16 @@ def test_change_in_a_subdirectory_is_found_under_an_unchanged_parent(
     _file(leaf, "session_a.json", age=3600)
     _settle(leaf, leaf.parent, root)
     config, memory = _config(root, recursive=True), SweepMemory()
-    sweep(config, now=NOW, memory=memory)
-    sweep(config, now=NOW + 30, memory=memory)
+    sweep(config, now=NOW, memory=memory, hooks=reads.hooks)
+    sweep(config, now=NOW + 30, memory=memory, hooks=reads.hooks)
     assert len(reads) == 3  # root, a and a/b once each
     assert memory.reused == 3
     stale = _file(leaf, "final_b.mp4", age=9 * DAY)
-    result = sweep(config, now=NOW + 60, memory=memory)
+    result = sweep(config, now=NOW + 60, memory=memory, hooks=reads.hooks)
     assert not stale.exists()
     assert result.removed["final_videos"].files == 1
     assert len(reads) == 4  # only a/b was read again
+    assert reads[-1] == str(leaf)
 
 
 def test_mtime_set_back_is_removed_by_the_next_full_read(uploads: Path) -> None:
@@ -164,17 +162,19 @@ def test_mtime_set_back_is_removed_by_the_next_full_read(uploads: Path) -> None:
     assert not aged.exists()
 
 
-def test_new_configuration_forgets_what_was_remembered(uploads: Path, reads: list[int]) -> None:
+def test_new_configuration_forgets_what_was_remembered(uploads: Path, reads: Reads) -> None:
     memory = SweepMemory()
-    sweep(_config(uploads), now=NOW, memory=memory)
-    result = sweep(_config(uploads, max_age=60), now=NOW + 30, memory=memory)
+    sweep(_config(uploads), now=NOW, memory=memory, hooks=reads.hooks)
+    result = sweep(_config(uploads, max_age=60), now=NOW + 30, memory=memory, hooks=reads.hooks)
     assert len(reads) == 2
     assert result.files_removed == 2
 
 
-def test_dry_run_and_max_age_do_not_use_the_memory(uploads: Path, reads: list[int]) -> None:
+def test_dry_run_and_max_age_do_not_use_the_memory(uploads: Path, reads: Reads) -> None:
     config, memory = _config(uploads), SweepMemory()
-    sweep(config, now=NOW, memory=memory)
-    assert sweep(config, now=NOW + 30, memory=memory, dry_run=True).files_removed == 0
-    assert sweep(config, now=NOW + 30, memory=memory, max_age=0).files_removed == 2
+    sweep(config, now=NOW, memory=memory, hooks=reads.hooks)
+    dry = sweep(config, now=NOW + 30, memory=memory, dry_run=True, hooks=reads.hooks)
+    assert dry.files_removed == 0
+    forced = sweep(config, now=NOW + 30, memory=memory, max_age=0, hooks=reads.hooks)
+    assert forced.files_removed == 2
     assert len(reads) == 3
