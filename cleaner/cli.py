@@ -1,4 +1,8 @@
-"""limpeza-cleaner's command line: argument parsing and wiring, nothing else.
+"""limpeza-cleaner's command line: the arguments, and each command wired to its parts.
+
+Each command loads the configuration, runs the stages it needs (the sweep, the reaper,
+force-clean, status), records what they returned in the state file through the daemon's
+``apply_*`` functions, and prints it with ``cleaner.report``.
 
 Exit codes: 0 done, 1 done with errors, 2 bad usage or configuration.
 """
@@ -18,9 +22,17 @@ from cleaner import __version__
 from cleaner import config as config_mod
 from cleaner.audit import AuditLog
 from cleaner.config import Config, ConfigError
-from cleaner.daemon import Daemon, apply_sweep
-from cleaner.files import Removal, SweepResult, format_age, format_bytes, sweep
-from cleaner.jobs import CycleReport, JobReaper, format_force_clean, format_jobs_status
+from cleaner.daemon import Daemon, apply_cycle, apply_force_clean, apply_jobs, apply_sweep
+from cleaner.files import Removal, SweepResult, sweep
+from cleaner.jobs.reaper import CycleReport, JobReaper
+from cleaner.jobs.status import jobs_status
+from cleaner.report import (
+    format_files_status,
+    format_force_clean,
+    format_jobs_status,
+    format_removal,
+    summary,
+)
 from cleaner.sessions import purge_session, validate_session_id
 from cleaner.state import State, StateStore, read_state
 from cleaner.survey import survey
@@ -107,6 +119,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     setup_logging(args.log_level or config.log_level)
+    config_mod.warn_unused_environment(config, log)
     handler = _COMMANDS[args.command]
     return handler(args, config, path, environ)
 
@@ -136,21 +149,13 @@ def _cmd_run(args: argparse.Namespace, config: Config, path: Path, env: Mapping[
     return daemon.run()
 
 
-def _print_removal(removal: Removal, dry_run: bool) -> None:
-    verb = "would remove" if dry_run else "removed"
-    print(
-        f"{verb} {removal.path!s} ({removal.rule}, {format_bytes(removal.size)}, "
-        f"{format_age(removal.age)} old)"
-    )
-
-
 def _on_remove(audit: AuditLog, args: argparse.Namespace) -> Callable[[Removal], None]:
     """Each removal goes to the audit log and, unless --json, to standard output."""
 
     def on_remove(removal: Removal) -> None:
         audit.write(removal)
         if not args.json:
-            _print_removal(removal, args.dry_run)
+            print(format_removal(removal, args.dry_run))
 
     return on_remove
 
@@ -163,34 +168,17 @@ def _finish(result: SweepResult, as_json: bool, jobs: CycleReport | None = None)
                 "cache_reaped": jobs.cache_reaped,
                 "database_reaped": jobs.database_reaped,
                 "jobs_active": jobs.jobs_active,
-                "errors": jobs.errors,
+                "errors": jobs.errors.messages,
             }
         print(json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=True))
     else:
         print(result.summary())
-    failed = result.errors or (jobs is not None and jobs.errors)
+    failed = result.errors or (jobs is not None and jobs.errors.messages)
     return EXIT_ERRORS if failed else EXIT_OK
 
 
-def _record(config: Config, result: SweepResult, now: float, delta: State | None = None) -> None:
-    """Adds a one-shot command's counts to the state file the daemon and exporter share.
-
-    With ``delta`` (what the job reaper recorded) the run counts as a sweep, as a daemon
-    cycle would; a purge only adds its removals.
-    """
-    if result.dry_run:
-        return
-    sweep_run = delta is not None
-    delta = delta if delta is not None else State()
-    apply_sweep(delta, result)
-    if sweep_run:
-        delta.sweeps = 1
-        delta.last_sweep_start = now
-        delta.last_sweep_end = time.time()
-        delta.last_sweep_duration = delta.last_sweep_end - now
-        delta.last_success = delta.last_sweep_end
-    else:
-        delta.directories = {}
+def _record(config: Config, delta: State) -> None:
+    """Adds a one-shot command's counts to the state file the daemon and exporter share."""
     try:
         StateStore(config.state_file, time.time).update(delta)
     except OSError as exc:
@@ -210,18 +198,21 @@ def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping
         )
     if args.dry_run:
         return _finish(result, args.json)
-    delta = State()
-    reaper = JobReaper(config.jobs, delta, interval=config.interval)
+    reaper = JobReaper(config.jobs, interval=config.interval)
     try:
         jobs = reaper.cycle()
     finally:
         reaper.close()
-    if not args.json and (jobs.cache_reaped or jobs.database_reaped):
+    if not args.json:
         for source, reaped in (("cache", jobs.cache_reaped), ("database", jobs.database_reaped)):
             if reaped:
-                counts = ", ".join(f"{status}: {n}" for status, n in sorted(reaped.items()))
-                print(f"stale jobs reaped from the {source}: {counts}")
-    _record(config, result, now, delta)
+                print(f"stale jobs reaped from the {source}: {summary(reaped)}")
+    delta = State()
+    apply_sweep(delta, result)
+    apply_jobs(delta, jobs)
+    ended = time.time()
+    apply_cycle(delta, started=now, ended=ended, duration=ended - now, ok=True)
+    _record(config, delta)
     return _finish(result, args.json, jobs)
 
 
@@ -241,7 +232,11 @@ def _cmd_purge(args: argparse.Namespace, config: Config, path: Path, env: Mappin
             on_remove=_on_remove(audit, args),
             now=now,
         )
-    _record(config, result, now)
+    if not result.dry_run:
+        delta = State()
+        apply_sweep(delta, result)
+        delta.directories = {}  # a purge looks at one session's files, not at the usage
+        _record(config, delta)
     return _finish(result, args.json)
 
 
@@ -279,41 +274,8 @@ def status_report(config: Config, now: float) -> dict[str, object]:
         )
     else:
         last["problem"] = state_error
-    reaper = JobReaper(config.jobs, State(), application_name="limpeza-cleaner status")
-    try:
-        jobs = reaper.status()
-    finally:
-        reaper.close()
+    jobs = jobs_status(config.jobs, now=now, application_name="limpeza-cleaner status")
     return {"now": now, "directories": directories, "last_sweep": last, "jobs": jobs}
-
-
-def _print_status(report: Mapping[str, object]) -> None:
-    now = float(report["now"])  # type: ignore[arg-type]
-    directories = report["directories"]
-    assert isinstance(directories, dict)
-    for directory, per_rule in directories.items():
-        print(directory)
-        for rule, s in per_rule.items():
-            print(
-                f"  {rule:<16} {s['files']:>8} files {format_bytes(s['bytes']):>10}"
-                f"   expired: {s['expired']} ({format_bytes(s['expired_bytes'])})"
-            )
-    last = report["last_sweep"]
-    assert isinstance(last, dict)
-    if "problem" in last:
-        print(f"last sweep: {last['problem']} ({last['state_file']})")
-    else:
-        ended = last.get("last_sweep_end")
-        ago = f"{now - ended:.0f}s ago" if isinstance(ended, float) else "never"
-        print(
-            f"last sweep: {ago}; {last['sweeps']} sweeps, {last['files_removed']} files and "
-            f"{format_bytes(int(str(last['bytes_removed'])))} removed in all, "
-            f"errors: {last['errors'] or 0}"
-        )
-    jobs = report.get("jobs")
-    if isinstance(jobs, dict):
-        for line in format_jobs_status(jobs):
-            print(line)
 
 
 def _cmd_status(
@@ -323,7 +285,10 @@ def _cmd_status(
     if args.json:
         print(json.dumps(report, indent=1, sort_keys=True, ensure_ascii=True))
     else:
-        _print_status(report)
+        for line in format_files_status(report):
+            print(line)
+        for line in format_jobs_status(report["jobs"]):  # type: ignore[arg-type]
+            print(line)
     return EXIT_OK
 
 
@@ -337,23 +302,21 @@ def _cmd_force_clean(
             file=sys.stderr,
         )
         return EXIT_USAGE
-    delta = State()
-    reaper = JobReaper(config.jobs, delta, application_name="limpeza-cleaner force-clean")
+    reaper = JobReaper(config.jobs, application_name="limpeza-cleaner force-clean")
     try:
         report = reaper.force_clean(dry_run=args.dry_run)
     finally:
         reaper.close()
     if not args.dry_run:
-        try:
-            StateStore(config.state_file, time.time).update(delta)
-        except OSError as exc:
-            log.warning("cannot update state file %s: %s", config.state_file, exc)
+        delta = State()
+        apply_force_clean(delta, report)
+        _record(config, delta)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1, sort_keys=True, ensure_ascii=True))
     else:
         for line in format_force_clean(report, config.jobs):
             print(line)
-    return EXIT_ERRORS if report.errors else EXIT_OK
+    return EXIT_ERRORS if report.errors.messages else EXIT_OK
 
 
 _COMMANDS = {

@@ -19,16 +19,20 @@ from cleaner import config as config_mod
 from cleaner.audit import AuditLog
 from cleaner.config import Config, ConfigError
 from cleaner.files import SweepResult, sweep
-from cleaner.jobs import JobReaper
+from cleaner.jobs.force_clean import ForceCleanReport
+from cleaner.jobs.reaper import STATS_EVERY, CycleReport, JobReaper
 from cleaner.memory import SweepMemory
-from cleaner.state import State, StateStore
+from cleaner.report import format_duration
+from cleaner.state import ApiHealth, StageErrors, State, StateStore
 
 log = logging.getLogger(__name__)
 
-STATS_EVERY = 10
 #: Every this many cycles each directory is read again, unchanged or not (see
 #: cleaner.files.SweepMemory): 5 minutes at the default 30 s interval.
 FULL_SWEEP_EVERY = 10
+
+
+# -- what each stage returned, recorded in a state delta ---------------------------------
 
 
 def apply_sweep(delta: State, result: SweepResult) -> None:
@@ -41,6 +45,47 @@ def apply_sweep(delta: State, result: SweepResult) -> None:
     if result.errors:
         delta.count_error("files", result.errors)
     delta.directories = dict(result.directories)
+
+
+def apply_errors(delta: State, errors: StageErrors) -> None:
+    for stage, count in errors.counts.items():
+        delta.count_error(stage, count)
+
+
+def apply_force_clean(delta: State, report: ForceCleanReport) -> None:
+    """Records a force-clean: what it ended (a dry run ends nothing) and what failed."""
+    apply_errors(delta, report.errors)
+    if report.dry_run:
+        return
+    delta.force_cleans += 1
+    for source, counts in (("database", report.database), ("cache", report.cache)):
+        for status, n in (counts or {}).items():
+            delta.count_reaped(source, status, n)
+
+
+def apply_jobs(delta: State, report: CycleReport) -> None:
+    """Records what one cycle of the job reaper did."""
+    for source, counts in (("cache", report.cache_reaped), ("database", report.database_reaped)):
+        for status, n in counts.items():
+            delta.count_reaped(source, status, n)
+    apply_errors(delta, report.errors)
+    if report.database_up is not None:
+        delta.database_up = report.database_up
+    delta.jobs_active = report.jobs_active
+    if report.api is not None:
+        delta.api = ApiHealth(report.api.up, report.api.jobs_active, report.api.checked_at)
+    if report.force_clean is not None:
+        apply_force_clean(delta, report.force_clean)
+
+
+def apply_cycle(delta: State, *, started: float, ended: float, duration: float, ok: bool) -> None:
+    """Records one whole cycle (a sweep): when it ran, how long, whether it succeeded."""
+    delta.sweeps += 1
+    delta.last_sweep_start = started
+    delta.last_sweep_end = ended
+    delta.last_sweep_duration = duration
+    if ok:
+        delta.last_success = ended
 
 
 class Daemon:
@@ -85,14 +130,6 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
 
-    def stop(self) -> None:
-        self._stop = True
-        self._wake.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop
-
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -100,7 +137,7 @@ class Daemon:
             "limpeza-cleaner started: %d rules over %d directories, every %s",
             len(self.config.files.rules),
             len(self.config.files.all_directories()),
-            config_mod.format_duration(self.config.interval),
+            format_duration(self.config.interval),
         )
         try:
             self._totals = self.store.load()
@@ -124,9 +161,7 @@ class Daemon:
 
     def _open_parts(self) -> None:
         self.audit = AuditLog(self.config.audit_log, self.clock)
-        self.reaper = JobReaper(
-            self.config.jobs, self.delta, clock=self.clock, interval=self.config.interval
-        )
+        self.reaper = JobReaper(self.config.jobs, clock=self.clock, interval=self.config.interval)
 
     def _close_parts(self) -> None:
         self.audit.close()
@@ -146,10 +181,14 @@ class Daemon:
         log.info("configuration reloaded from %s", self.config_path)
 
     def cycle(self) -> None:
-        """One cycle: the file sweep, then the job reaper; state saved at the end."""
+        """One cycle: the file sweep, then the job reaper; state saved at the end.
+
+        The reaper's failures (database down, corrupt cache, API unreachable) are counted
+        by stage and have alerts of their own; they do not make the cycle a failed one, so
+        an outage of the database does not also page as "the cleaner stopped sweeping".
+        """
         start = self.clock()
         monotonic_start = time.monotonic()
-        self.delta.last_sweep_start = start
         ok = True
         try:
             result = sweep(
@@ -163,40 +202,31 @@ class Daemon:
             log.info("%s", result.summary())
         except Exception:
             log.exception("file sweep failed")
-            self.delta.count_error("sweep")
+            self.delta.count_error("files")
             ok = False
-        ok = self._after_sweep() and ok
-        end = self.clock()
-        self.delta.sweeps += 1
-        self.delta.last_sweep_end = end
-        self.delta.last_sweep_duration = time.monotonic() - monotonic_start
-        if ok:
-            self.delta.last_success = end
-        else:
+        apply_jobs(self.delta, self.reaper.cycle())
+        apply_cycle(
+            self.delta,
+            started=start,
+            ended=self.clock(),
+            duration=time.monotonic() - monotonic_start,
+            ok=ok,
+        )
+        if not ok:
             self.failed_cycles += 1
         self.cycles += 1
         self._save()
         if self.cycles % STATS_EVERY == 0:
             self._log_stats()
 
-    def _after_sweep(self) -> bool:
-        """Work done after the file sweep each cycle: the job reaper (it never raises).
-
-        Its failures (database down, corrupt cache, API unreachable) are counted by stage
-        and have alerts of their own; they do not make the cycle a failed one, so an
-        outage of the database does not also page as "the cleaner stopped sweeping".
-        """
-        self.reaper.cycle()
-        return True
-
     def _save(self) -> None:
         try:
             self._totals = self.store.update(self.delta)
         except OSError as exc:
             log.error("cannot write state file %s: %s", self.store.path, exc)
-            self.delta.count_error("sweep")
+            self.delta.count_error("state")
             return
-        self.delta.clear()
+        self.delta = State()
 
     def _log_stats(self) -> None:
         totals = self._totals

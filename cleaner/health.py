@@ -1,8 +1,9 @@
 """The API's health endpoint: is it up, and how many jobs does it say are active.
 
 The API answers ``GET /health`` with ``{"status": "healthy", "jobs_active": 9}``. The
-cleaner asks once per cycle with a short timeout, keeps the answer in the state for the
-exporter, and logs an unreachable API once per change of state, not every cycle.
+cleaner asks once per cycle with a short timeout and returns the answer (the daemon keeps
+it in the state for the exporter); an unreachable API is logged once per change of state,
+not every cycle.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import requests
-
-from cleaner.state import State
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +26,8 @@ class HealthResult:
     jobs_active: int | None = None
     status: str | None = None
     error: str | None = None
+    #: When the answer came (epoch seconds); None for a one-off check.
+    checked_at: float | None = None
 
 
 def check_health(url: str, timeout: float, session: requests.Session | None = None) -> HealthResult:
@@ -69,33 +70,28 @@ def _describe(exc: requests.RequestException) -> str:
 
 
 class HealthMonitor:
-    """Checks the endpoint each cycle, records it in the state, logs changes only."""
+    """Checks the endpoint each cycle and returns the answer; logs changes only."""
 
     def __init__(
         self,
         url: str,
         timeout: float,
-        state: State,
         *,
         clock: Callable[[], float] = time.time,
         session: requests.Session | None = None,
     ) -> None:
         self.url = url
         self.timeout = timeout
-        self.state = state
         self._clock = clock
         self._session = session or requests.Session()
         self._owns_session = session is None
         self._was_up: bool | None = None
-        self.last: HealthResult | None = None
 
     def check(self) -> HealthResult:
-        result = check_health(self.url, self.timeout, self._session)
-        self.state.api.up = result.up
-        self.state.api.jobs_active = result.jobs_active
-        self.state.api.checked_at = self._clock()
+        result = replace(
+            check_health(self.url, self.timeout, self._session), checked_at=self._clock()
+        )
         if not result.up:
-            self.state.count_error("health")
             if self._was_up is not False:
                 log.warning("API health %s unreachable: %s", self.url, result.error)
         elif self._was_up is False:
@@ -105,7 +101,6 @@ class HealthMonitor:
         else:
             log.debug("API health %s: %s jobs active", self.url, result.jobs_active)
         self._was_up = result.up
-        self.last = result
         return result
 
     def close(self) -> None:

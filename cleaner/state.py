@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
-#: Stages whose errors are counted (the ``stage`` label of limpeza_cleanup_errors_total).
-ERROR_STAGES = ("files", "cache", "database", "health", "sweep")
+#: Stages whose errors are counted (the ``stage`` label of limpeza_cleanup_errors_total):
+#: the file sweep, the job cache, the database, the API's health check, the job reaper
+#: as a whole (a crash of its cycle) and the state file itself (a failed write).
+ERROR_STAGES = ("files", "cache", "database", "health", "jobs", "state")
 #: Why a matching entry was left alone.
 SKIP_REASONS = ("protected", "symlink", "locked", "not_regular", "mount_point", "changed")
 #: Where a reaped job was (the ``source`` label of limpeza_jobs_reaped_total).
@@ -42,6 +44,24 @@ def _mapping(raw: object) -> dict[str, Any]:
 
 def _opt_float(raw: object) -> float | None:
     return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
+
+
+@dataclass
+class StageErrors:
+    """What failed in a stage: one line per failure for people, counts per error stage.
+
+    A failure may be counted without a line (the API's health has its own metric) or
+    reported without a count (the database is still in its reconnect backoff).
+    """
+
+    messages: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stage: str | None, message: str | None = None) -> None:
+        if stage is not None:
+            self.counts[stage] = self.counts.get(stage, 0) + 1
+        if message is not None:
+            self.messages.append(message)
 
 
 @dataclass
@@ -119,12 +139,6 @@ class State:
             self.directories = dict(delta.directories)
         if delta.api.checked_at is not None:
             self.api = ApiHealth(delta.api.up, delta.api.jobs_active, delta.api.checked_at)
-
-    def clear(self) -> None:
-        """Empties this object in place (a delta that was merged starts over)."""
-        fresh = State()
-        for name in fresh.__dataclass_fields__:
-            setattr(self, name, getattr(fresh, name))
 
     def to_dict(self) -> dict[str, Any]:
         return {

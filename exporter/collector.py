@@ -3,8 +3,9 @@
 * the configuration (rules, statuses, thresholds: the known label values, set to 0 first);
 * the cleaner's state file (counters, last sweep, what it saw in each directory, the API's
   health), read with ``cleaner.state.read_state``;
-* the jobs, counted now with the cleaner's own code (``cleaner.jobs``): one query on the
-  jobs table when a database is configured, else the JSON job cache;
+* the jobs, counted now with the cleaner's own code (``cleaner.jobs``, over the same kept
+  connection class the reaper uses): one query on the jobs table when a database is
+  configured, else the JSON job cache;
 * ``statvfs`` of each monitored directory.
 
 A scrape never walks a directory tree and never fails for a partial fault: a database that
@@ -22,13 +23,19 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg2
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from cleaner import jobs
 from cleaner.config import Config, DatabaseConfig
+from cleaner.jobs.cache import CacheError, count_cache, read_cache
+from cleaner.jobs.database import (
+    DatabaseDownError,
+    DatabaseError,
+    KeptConnection,
+    count_database,
+)
+from cleaner.jobs.staleness import JobCounts
 from cleaner.state import ERROR_STAGES, JOB_SOURCES, SKIP_REASONS, State, read_state
 
 log = logging.getLogger(__name__)
@@ -66,59 +73,44 @@ class _Faults:
 class DatabaseProbe:
     """Counts jobs in PostgreSQL over one connection kept across scrapes.
 
-    The connection is opened on first use and again after any error; scrapes that overlap
-    take turns, and one that cannot get its turn in time reports the database down rather
-    than wait past the scrape timeout.
+    Scrapes that overlap take turns; one that cannot get its turn in time reports the
+    database down rather than wait past the scrape timeout. After a failure the next
+    scrape connects again (no backoff: a scrape is the exporter's only chance to look).
     """
 
     def __init__(self, db: DatabaseConfig, stale_after: dict[str, float], timeout: float) -> None:
         self.db = db
         self.stale_after = stale_after
         self.timeout = timeout
-        self._conn: jobs.Connection | None = None
+        self._kept = KeptConnection(
+            db,
+            application_name=APPLICATION_NAME,
+            statement_timeout=timeout,
+            max_backoff=0.0,
+            log_changes=False,  # the collector logs each source's faults once per change
+        )
         self._lock = threading.Lock()
 
-    def count(self) -> tuple[jobs.JobCounts | None, str | None]:
+    def count(self) -> tuple[JobCounts | None, str | None]:
         """(counts, None) or (None, why the database could not be counted)."""
         if not self._lock.acquire(timeout=self.timeout + self.db.connect_timeout):
             return None, "another scrape is still waiting for the database"
         try:
-            reused = self._conn is not None and not self._conn.closed
-            try:
-                return self._count(), None
-            except Exception:
-                if not (reused and self._conn is not None and self._conn.closed):
-                    raise
-                # The kept connection was lost (a server restart): one fresh try.
-                log.debug("database connection lost, reconnecting")
-                self._drop()
-                return self._count(), None
-        except Exception as exc:
-            # Whatever went wrong (unreachable, too slow, table missing), this scrape reports
-            # the database down and the rest still comes; the message never holds the password.
-            self._drop()
-            return None, jobs.describe_error(exc, self.db)
+            counts = self._kept.run(lambda c: count_database(c, self.db, self.stale_after))
+        except DatabaseError as exc:
+            # The database answered but the count failed (a missing table, a timeout): the
+            # connection may be in any state, so the next scrape starts on a fresh one.
+            self._kept.close()
+            return None, str(exc)
+        except DatabaseDownError as exc:
+            return None, str(exc)
         finally:
             self._lock.release()
-
-    def _count(self) -> jobs.JobCounts:
-        if self._conn is None or self._conn.closed:
-            self._conn = jobs.connect(
-                self.db, application_name=APPLICATION_NAME, statement_timeout=self.timeout
-            )
-        return jobs.count_database(self._conn, self.db, self.stale_after)
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg2.Error:
-                log.debug("closing a broken database connection failed", exc_info=True)
-            self._conn = None
+        return counts, None
 
     def close(self) -> None:
         with self._lock:
-            self._drop()
+            self._kept.close()
 
 
 def _gauge(name: str, doc: str, value: float | None = None) -> GaugeMetricFamily:
@@ -208,7 +200,7 @@ class LimpezaCollector(Collector):
     # ------------------------------------------------------------------ jobs
 
     def _job_metrics(self, config: Config, database: DatabaseProbe | None) -> Iterator[Metric]:
-        counts: jobs.JobCounts | None = None
+        counts: JobCounts | None = None
         if database is not None:
             counts, problem = database.count()
             self._faults.report("database", problem)
@@ -219,10 +211,10 @@ class LimpezaCollector(Collector):
             )
         elif config.jobs.cache_file is not None:
             try:
-                records = jobs.read_cache(config.jobs.cache_file, lock_wait=1.0)
-                counts = jobs.count_cache(records, config.jobs.stale_after, self._clock())
+                records = read_cache(config.jobs.cache_file, lock_wait=1.0)
+                counts = count_cache(records, config.jobs.stale_after, self._clock())
                 self._faults.report(f"job cache {config.jobs.cache_file}", None)
-            except jobs.CacheError as exc:
+            except CacheError as exc:
                 self._faults.report(f"job cache {config.jobs.cache_file}", str(exc))
             yield _gauge(
                 "limpeza_cache_up",
@@ -332,7 +324,7 @@ class LimpezaCollector(Collector):
 
         errors = CounterMetricFamily(
             "limpeza_cleanup_errors",
-            "Errors the cleaner met, per stage (files, cache, database, health, sweep), "
+            "Errors the cleaner met, per stage (files, cache, database, health, jobs, state), "
             "from its state file.",
             labels=["stage"],
         )
@@ -394,8 +386,8 @@ class LimpezaCollector(Collector):
         if api.up is not None:
             yield _gauge(
                 "limpeza_api_up",
-                "1 when the API's health endpoint (jobs.health_url) answered healthy at the "
-                "cleaner's last check, from its state file.",
+                "1 when the API's health endpoint (jobs.health_url) answered with a 2xx status "
+                "at the cleaner's last check, from its state file.",
                 1 if api.up else 0,
             )
         if api.jobs_active is not None:

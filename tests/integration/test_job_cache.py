@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from cleaner.config import build
-from cleaner.jobs import CacheError, JobReaper, read_cache, reap_cache, rewrite_cache
+from cleaner.jobs.cache import CacheError, read_cache, reap_cache, rewrite_cache
 from cleaner.state import State
+from tests.integration.recording import RecordingReaper
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +34,10 @@ def iso(seconds_ago: float, *, z: bool = False, naive: bool = False) -> str:
     return text.replace("+00:00", "Z") if z else text
 
 
-def reaper_for(cache: Path, **jobs: object) -> tuple[JobReaper, State]:
+def reaper_for(cache: Path, **jobs: object) -> tuple[RecordingReaper, State]:
     config = build({"jobs": {"cache_file": str(cache), **jobs}}, env={})
     state = State()
-    return JobReaper(config.jobs, state), state
+    return RecordingReaper(config.jobs, state), state
 
 
 def test_iso_and_epoch_timestamps_stale_active_entries_go(tmp_path: Path) -> None:
@@ -135,7 +136,7 @@ def test_a_corrupt_cache_is_left_byte_for_byte_intact(
     assert cache.read_bytes() == content
     after = cache.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert all(any(e.startswith("cache:") for e in r.errors) for r in reports)
+    assert all(any(e.startswith("cache:") for e in r.errors.messages) for r in reports)
     assert forced.errors and forced.cache is None
     assert state.errors["cache"] == 4
     with pytest.raises(CacheError):
@@ -148,7 +149,7 @@ def test_a_missing_cache_is_nothing_to_do(tmp_path: Path) -> None:
         report = reaper.cycle()
     finally:
         reaper.close()
-    assert report.errors == []
+    assert report.errors.messages == []
     assert report.cache_reaped == {}
     assert not (tmp_path / "absent.json").exists()
     assert state.errors == {}
@@ -237,7 +238,7 @@ def test_a_concurrent_writer_loses_no_job_while_the_cleaner_rewrites(tmp_path: P
     try:
         while writer.poll() is None:
             report = reaper.cycle()
-            assert report.errors == []
+            assert report.errors.messages == []
             cycles += 1
         assert writer.returncode == 0
         reaper.cycle()

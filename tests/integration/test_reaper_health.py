@@ -15,8 +15,8 @@ import pytest
 
 from cleaner.config import build
 from cleaner.health import check_health
-from cleaner.jobs import JobReaper
 from cleaner.state import State
+from tests.integration.recording import RecordingReaper
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +130,7 @@ def test_an_unreachable_api_is_logged_once_per_change_of_state(
     api.body = {"status": "healthy", "jobs_active": 3}
     config = build({"jobs": {"health_url": api.url, "health_timeout": "1s"}}, env={})
     state = State()
-    reaper = JobReaper(config.jobs, state)
+    reaper = RecordingReaper(config.jobs, state)
     try:
         first = reaper.cycle()
         assert first.api is not None and first.api.jobs_active == 3
@@ -178,7 +178,7 @@ def test_automatic_force_clean_from_the_apis_count(api: FakeApi, tmp_path: Path)
         env={},
     )
     state = State()
-    reaper = JobReaper(config.jobs, state)
+    reaper = RecordingReaper(config.jobs, state)
     try:
         assert reaper.cycle().force_clean is None
         report = reaper.cycle().force_clean

@@ -9,14 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cleaner.config import ConfigError, build
-from cleaner.jobs import (
-    JobCounts,
-    count_cache,
-    describe_error,
-    is_stale,
-    parse_timestamp,
-    record_timestamp,
-)
+from cleaner.jobs.cache import count_cache
+from cleaner.jobs.database import describe_error, mask_dsn
+from cleaner.jobs.staleness import JobCounts, is_stale, parse_timestamp, record_timestamp
 
 STALE_AFTER = {"running": 180.0, "queued": 120.0}
 NOW = 1_700_000_000.0
@@ -143,3 +138,17 @@ def test_iso_and_epoch_give_the_same_staleness() -> None:
     iso = {"status": "running", "updated_at": moment.isoformat()}
     epoch = {"status": "running", "updated_at": NOW - 200}
     assert record_timestamp(iso) == pytest.approx(record_timestamp(epoch))
+
+
+@pytest.mark.parametrize(
+    ("dsn", "secret"),
+    [
+        ("postgresql://app:hunter2@db.example:5432/app", "hunter2"),
+        ("host=db user=app password=hunter2 dbname=app", "hunter2"),
+        ("host=db password='hunter 2' dbname=app", "hunter 2"),
+    ],
+)
+def test_mask_dsn(dsn: str, secret: str) -> None:
+    masked = mask_dsn(dsn)
+    assert secret not in masked
+    assert "***" in masked

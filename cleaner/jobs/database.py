@@ -1,0 +1,422 @@
+"""PostgreSQL: connect, errors with the DSN scrubbed, counting, ending jobs, the reaper lock.
+
+Table and column names come from the configuration (already checked to be identifiers)
+and are always quoted with ``psycopg2.sql``; the DSN's password never reaches a log line or
+an error. ``KeptConnection`` is the one connection the reaper and the exporter keep across
+cycles and scrapes: it reconnects with a backoff, replaces a connection lost between two
+uses once at once, and logs one line when the database goes down and one when it is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from cleaner.config import DatabaseConfig
+from cleaner.jobs.staleness import JobCounts
+from cleaner.state import StageErrors
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg2.extensions.connection
+T = TypeVar("T")
+
+
+def mask_dsn(dsn: str) -> str:
+    """A DSN fit for a log line: any password replaced by ``***``."""
+    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", masked, flags=re.I)
+
+
+class DatabaseDownError(Exception):
+    """The database could not be reached; the message never holds the DSN's password.
+
+    ``attempted`` is False when no connection was tried (a backoff was still running).
+    """
+
+    def __init__(self, message: str, *, attempted: bool = True) -> None:
+        super().__init__(message)
+        self.attempted = attempted
+
+
+def _scrub(text: str, dsn: str) -> str:
+    """``text`` with the DSN (and its password, wherever it appears) masked."""
+    masked = text.replace(dsn, mask_dsn(dsn)) if dsn else text
+    with contextlib.suppress(psycopg2.ProgrammingError):
+        password = psycopg2.extensions.parse_dsn(dsn).get("password") if dsn else None
+        if password:
+            masked = masked.replace(password, "***")
+    return mask_dsn(masked)
+
+
+def describe_error(exc: BaseException, db: DatabaseConfig) -> str:
+    """One line about a database error, safe for a log."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return _scrub(text, db.dsn or "")
+
+
+def connect(
+    db: DatabaseConfig, *, application_name: str, statement_timeout: float | None = None
+) -> Connection:
+    """An autocommit connection with connect, statement and lock timeouts set.
+
+    Raises DatabaseDownError, whose message names the server but never the password.
+    """
+    if not db.dsn:
+        raise DatabaseDownError("no DSN: $LIMPEZA_DATABASE_URL is not set")
+    timeout = db.statement_timeout if statement_timeout is None else statement_timeout
+    try:
+        conn = psycopg2.connect(
+            db.dsn,
+            connect_timeout=max(2, math.ceil(db.connect_timeout)),
+            application_name=application_name,
+        )
+    except (psycopg2.Error, ValueError) as exc:
+        raise DatabaseDownError(
+            f"cannot connect to {_scrub(db.dsn, db.dsn)}: {describe_error(exc, db)}"
+        ) from None
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT set_config('statement_timeout', %s, false), "
+                "set_config('lock_timeout', %s, false)",
+                (f"{int(timeout * 1000)}ms", f"{int(db.lock_timeout * 1000)}ms"),
+            )
+    except psycopg2.Error as exc:
+        conn.close()
+        raise DatabaseDownError(
+            f"cannot set up the session on {_scrub(db.dsn, db.dsn)}: {describe_error(exc, db)}"
+        ) from None
+    return conn
+
+
+def _table(db: DatabaseConfig) -> sql.Identifier:
+    return sql.Identifier(*db.table_parts)
+
+
+def _col(name: str) -> sql.Identifier:
+    return sql.Identifier(name)
+
+
+def count_database(
+    conn: Connection, db: DatabaseConfig, stale_after: Mapping[str, float]
+) -> JobCounts:
+    """Jobs per active status and stale ones per active status, in one query.
+
+    Staleness is judged by the server's clock (``now()``).
+    """
+    thresholds = [float(stale_after.get(s, math.inf)) for s in db.active_statuses]
+    case = sql.SQL("CASE {status}::text {whens} END").format(
+        status=_col(db.status_column),
+        whens=sql.SQL(" ").join(
+            sql.SQL("WHEN {} THEN {}").format(sql.Literal(s), sql.Literal(t))
+            for s, t in zip(db.active_statuses, thresholds, strict=True)
+            if math.isfinite(t)
+        )
+        or sql.SQL("WHEN NULL THEN NULL"),
+    )
+    query = sql.SQL(
+        "SELECT {status}::text, count(*), "
+        "count(*) FILTER (WHERE {ts} < now() - make_interval(secs => {case})) "
+        "FROM {table} WHERE {status} = ANY(%(active)s) GROUP BY 1"
+    ).format(
+        status=_col(db.status_column),
+        ts=_col(db.timestamp_column),
+        case=case,
+        table=_table(db),
+    )
+    by_status = dict.fromkeys(db.active_statuses, 0)
+    stale = dict.fromkeys(db.active_statuses, 0)
+    with conn.cursor() as cur:
+        cur.execute(query, {"active": list(db.active_statuses)})
+        for status, total, stale_count in cur.fetchall():
+            by_status[str(status)] = int(total)
+            if status in stale:
+                stale[str(status)] = int(stale_count)
+    return JobCounts(by_status, stale)
+
+
+def advisory_key(db: DatabaseConfig) -> int:
+    """The advisory lock every cleaner of this table takes (a signed 64-bit integer)."""
+    digest = hashlib.sha256(f"limpeza:reaper:{db.table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def reaper_lock(conn: Connection, db: DatabaseConfig) -> Iterator[bool]:
+    """Yields whether this session got the reaper lock; releases it afterwards."""
+    key = advisory_key(db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+        row = cur.fetchone()
+    got = bool(row and row[0])
+    try:
+        yield got
+    finally:
+        if got and not conn.closed:
+            with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def end_jobs(
+    conn: Connection,
+    db: DatabaseConfig,
+    status: str,
+    older_than: float | None,
+    reason: str,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Sets ``error_status`` on jobs in ``status`` older than ``older_than`` seconds.
+
+    ``older_than=None`` ends them all. Works in batches of ``batch_size``, each one
+    statement (its own transaction) that skips rows the API holds locked. Returns how many
+    rows changed (or, in a dry run, would change); ``progress`` hears of each batch.
+    """
+    params: dict[str, Any] = {
+        "status": status,
+        "secs": older_than,
+        "error": db.error_status,
+        "reason": reason,
+        "batch": db.batch_size,
+    }
+    match = sql.SQL("{status} = %(status)s").format(status=_col(db.status_column))
+    if older_than is not None:
+        match = sql.SQL("{match} AND {ts} < now() - make_interval(secs => %(secs)s)").format(
+            match=match, ts=_col(db.timestamp_column)
+        )
+    table = _table(db)
+    if dry_run:
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT count(*) FROM {table} WHERE {match}").format(
+                    table=table, match=match
+                ),
+                params,
+            )
+            row = cur.fetchone()
+        count = int(row[0]) if row else 0
+        if progress is not None and count:
+            progress(count)
+        return count
+    assignments = [sql.SQL("{} = %(error)s").format(_col(db.status_column))]
+    if db.error_message_column:
+        assignments.append(sql.SQL("{} = %(reason)s").format(_col(db.error_message_column)))
+    update = sql.SQL(
+        "UPDATE {table} SET {assignments} WHERE {id} IN ("
+        "SELECT {id} FROM {table} WHERE {match} LIMIT %(batch)s FOR UPDATE SKIP LOCKED"
+        ") AND {match} RETURNING {id}"
+    ).format(
+        table=table,
+        assignments=sql.SQL(", ").join(assignments),
+        id=_col(db.id_column),
+        match=match,
+    )
+    total = 0
+    while True:
+        with conn.cursor() as cur:
+            cur.execute(update, params)
+            changed = cur.rowcount
+        total += changed
+        if progress is not None and changed:
+            progress(changed)
+        if changed < db.batch_size:
+            return total
+
+
+def stats_since(conn: Connection, db: DatabaseConfig, seconds: float) -> dict[str, int]:
+    """Jobs per status whose timestamp is within the last ``seconds``."""
+    query = sql.SQL(
+        "SELECT {status}::text, count(*) FROM {table} "
+        "WHERE {ts} >= now() - make_interval(secs => %s) GROUP BY 1 ORDER BY 1"
+    ).format(status=_col(db.status_column), table=_table(db), ts=_col(db.timestamp_column))
+    with conn.cursor() as cur:
+        cur.execute(query, (seconds,))
+        return {str(status): int(count) for status, count in cur.fetchall()}
+
+
+def recommended_index(db: DatabaseConfig) -> str:
+    """The index that serves the stale query and the count (README: the jobs table)."""
+    return f"CREATE INDEX ON {db.table} ({db.status_column}, {db.timestamp_column})"
+
+
+_INDEX_NODES = ("Index Scan", "Index Only Scan", "Bitmap Index Scan")
+
+
+def stale_query_index(
+    conn: Connection, db: DatabaseConfig, stale_after: Mapping[str, float]
+) -> dict[str, Any]:
+    """Whether an index serves the stale query, from EXPLAIN with sequential scans off.
+
+    With ``enable_seqscan`` off the planner picks an index whenever one is usable, even on
+    a small table. Returns ``{"usable": bool, "indexes": [...], "covers_timestamp": bool}``.
+    """
+    status = db.active_statuses[0]
+    query = sql.SQL(
+        "EXPLAIN (FORMAT JSON) SELECT {id} FROM {table} WHERE {status} = %s "
+        "AND {ts} < now() - make_interval(secs => %s)"
+    ).format(
+        id=_col(db.id_column),
+        table=_table(db),
+        status=_col(db.status_column),
+        ts=_col(db.timestamp_column),
+    )
+    with conn.cursor() as cur:
+        cur.execute("SET enable_seqscan = off")
+        try:
+            cur.execute(query, (status, float(stale_after.get(status, 0.0))))
+            row = cur.fetchone()
+        finally:
+            cur.execute("RESET enable_seqscan")
+    plan = row[0] if row else []
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    indexes: list[str] = []
+    covers = False
+    for node in _plan_nodes(plan[0]["Plan"] if plan else {}):
+        if node.get("Node Type") in _INDEX_NODES:
+            indexes.append(str(node.get("Index Name")))
+            cond = str(node.get("Index Cond", ""))
+            covers = covers or db.timestamp_column in cond
+    return {"usable": bool(indexes), "indexes": indexes, "covers_timestamp": covers}
+
+
+def _plan_nodes(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _plan_nodes(child)
+
+
+class DatabaseError(Exception):
+    """A statement failed on a live connection; the message never holds the password."""
+
+
+class KeptConnection:
+    """One connection kept across uses, reconnected with a backoff when it is lost.
+
+    ``run(work)`` hands ``work`` the open connection (opening one if needed) and returns its
+    result. It raises ``DatabaseDownError`` when the database cannot be reached, or while
+    the backoff after a failed attempt runs (``attempted`` is False then), and
+    ``DatabaseError`` when a statement failed on a live connection. A kept connection found
+    dead (the server restarted since the last use) is replaced once at once, so a restart
+    between two uses costs nothing. The backoff doubles from 1 s up to ``max_backoff``.
+    Unless ``log_changes`` is off (the caller logs its own), it logs one warning when the
+    database goes down and one line when it is back.
+    """
+
+    def __init__(
+        self,
+        db: DatabaseConfig,
+        *,
+        application_name: str,
+        statement_timeout: float | None = None,
+        max_backoff: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        log_changes: bool = True,
+    ) -> None:
+        self.db = db
+        self.application_name = application_name
+        self.statement_timeout = statement_timeout
+        self.max_backoff = max_backoff
+        self._clock = clock
+        self._log_changes = log_changes
+        self._conn: Connection | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._reason = ""
+        #: True after a successful connect, False after a failed one, None before any.
+        self.up: bool | None = None
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        for attempt in range(2):
+            reused = self._conn is not None and not self._conn.closed
+            conn = self._open()
+            try:
+                return work(conn)
+            except psycopg2.Error as exc:
+                reason = describe_error(exc, self.db)
+                if not conn.closed:
+                    raise DatabaseError(reason) from None
+                self._drop()
+                if reused and attempt == 0:
+                    log.debug("database: kept connection lost (%s); reconnecting", reason)
+                    continue
+                raise self._down(reason) from None
+        raise AssertionError("unreachable")
+
+    def _open(self) -> Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        self._conn = None
+        if self.up is False and self._clock() < self._retry_at:
+            raise DatabaseDownError(self._reason, attempted=False)
+        try:
+            conn = connect(
+                self.db,
+                application_name=self.application_name,
+                statement_timeout=self.statement_timeout,
+            )
+        except DatabaseDownError as exc:
+            raise self._down(str(exc)) from None
+        if self.up is False and self._log_changes:
+            log.info("database back after %d failed attempts", self._failures)
+        self.up = True
+        self._failures = 0
+        self._conn = conn
+        return conn
+
+    def _down(self, reason: str) -> DatabaseDownError:
+        self._failures += 1
+        self._retry_at = self._clock() + min(self.max_backoff, 2.0 ** (self._failures - 1))
+        if self.up is not False and self._log_changes:
+            log.warning(
+                "database down: %s; reconnecting with backoff up to %gs",
+                reason,
+                self.max_backoff,
+            )
+        else:
+            log.debug("database still down: %s", reason)
+        self.up = False
+        self._reason = reason
+        return DatabaseDownError(reason)
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        """Closes the connection; the next ``run`` opens a new one."""
+        self._drop()
+
+
+def run_step(
+    database: KeptConnection, errors: StageErrors, doing: str, work: Callable[[Connection], T]
+) -> T | None:
+    """Runs one step of a stage on the kept connection; None when it could not.
+
+    A database that is down adds ``database: down`` (counted when a connection was tried;
+    the kept connection logs the change); a failed statement is logged, counted and added.
+    """
+    try:
+        return database.run(work)
+    except DatabaseDownError as exc:
+        errors.add("database" if exc.attempted else None, "database: down")
+    except DatabaseError as exc:
+        log.warning("database: %s failed: %s", doing, exc)
+        errors.add("database", f"database: {doing}: {exc}")
+    return None

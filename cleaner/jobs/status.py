@@ -1,0 +1,76 @@
+"""The jobs part of ``limpeza-cleaner status``: what each source says right now.
+
+Per source (database, cache, API): jobs per status, active and stale counts, or why the
+source could not be read; for the database also whether an index serves the stale query.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2
+
+from cleaner.config import JobsConfig
+from cleaner.health import check_health
+from cleaner.jobs.cache import CacheError, count_cache, read_cache
+from cleaner.jobs.database import (
+    DatabaseDownError,
+    connect,
+    count_database,
+    describe_error,
+    recommended_index,
+    stale_query_index,
+)
+
+
+def jobs_status(config: JobsConfig, *, now: float, application_name: str) -> dict[str, Any]:
+    """Jobs per status, active and stale counts, the index check and the API's health."""
+    result: dict[str, Any] = {"database": None, "cache": None, "api": None}
+    stale_after = config.stale_after
+    if config.cache_file is not None:
+        cache: dict[str, Any] = {"path": str(config.cache_file)}
+        try:
+            counts = count_cache(read_cache(config.cache_file), stale_after, now)
+            cache.update(
+                jobs=counts.by_status, active=counts.active, stale=counts.stale, error=None
+            )
+        except CacheError as exc:
+            cache["error"] = str(exc)
+        result["cache"] = cache
+    db = config.database
+    if db is not None:
+        database: dict[str, Any] = {
+            "table": db.table,
+            "up": False,
+            "error": None,
+            "recommended_index": recommended_index(db),
+        }
+        try:
+            conn = connect(db, application_name=application_name)
+        except DatabaseDownError as exc:
+            database["error"] = str(exc)
+        else:
+            try:
+                counts = count_database(conn, db, stale_after)
+                database.update(
+                    up=True,
+                    jobs=counts.by_status,
+                    active=counts.active,
+                    stale=counts.stale,
+                    index=stale_query_index(conn, db, stale_after),
+                )
+            except psycopg2.Error as exc:
+                database["error"] = describe_error(exc, db)
+            finally:
+                conn.close()
+        result["database"] = database
+    if config.health_url:
+        health = check_health(config.health_url, config.health_timeout)
+        result["api"] = {
+            "url": config.health_url,
+            "up": health.up,
+            "status": health.status,
+            "jobs_active": health.jobs_active,
+            "error": health.error,
+        }
+    return result

@@ -1,0 +1,171 @@
+"""Human-readable formatting: bytes, ages, durations, and the lines the commands print.
+
+Everything a person reads (the sweep's log line aside, which the sweep result builds with
+these helpers) is formatted here, so the CLI, the daemon's log and the reaper say things
+the same way. Nothing here does any work; it only turns results into text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from cleaner.config import _UNIT_SECONDS
+
+if TYPE_CHECKING:
+    from cleaner.config import JobsConfig
+    from cleaner.files import Removal
+    from cleaner.jobs.force_clean import ForceCleanReport
+
+
+def format_bytes(size: float) -> str:
+    """1.2 GB style (decimal units, as df -H and the seed's log line)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(size) < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def format_age(seconds: float) -> str:
+    """A rough age for people: 45s, 12m, 5h, 3d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of a duration in the units the configuration accepts."""
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def summary(counts: Mapping[str, int]) -> str:
+    """``queued: 1, running: 2`` (sorted by key; empty when there is nothing)."""
+    return ", ".join(f"{status}: {n}" for status, n in sorted(counts.items()))
+
+
+def source_summary(counts: Mapping[str, int] | None, *, configured: bool) -> str:
+    """What one job source did: its counts, ``none``, ``failed`` or ``not configured``."""
+    if not configured:
+        return "not configured"
+    if counts is None:
+        return "failed"
+    return summary(counts) or "none"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def format_removal(removal: Removal, dry_run: bool) -> str:
+    """One removed (or, in a dry run, removable) file, as ``once`` and ``purge`` print it."""
+    verb = "would remove" if dry_run else "removed"
+    return (
+        f"{verb} {removal.path!s} ({removal.rule}, {format_bytes(removal.size)}, "
+        f"{format_age(removal.age)} old)"
+    )
+
+
+def format_files_status(report: Mapping[str, Any]) -> list[str]:
+    """The files part of ``status``: per directory and rule, then the last sweep."""
+    lines: list[str] = []
+    now = float(report["now"])
+    for directory, per_rule in report["directories"].items():
+        lines.append(directory)
+        for rule, s in per_rule.items():
+            lines.append(
+                f"  {rule:<16} {s['files']:>8} files {format_bytes(s['bytes']):>10}"
+                f"   expired: {s['expired']} ({format_bytes(s['expired_bytes'])})"
+            )
+    last = report["last_sweep"]
+    if "problem" in last:
+        lines.append(f"last sweep: {last['problem']} ({last['state_file']})")
+    else:
+        ended = last.get("last_sweep_end")
+        ago = f"{now - ended:.0f}s ago" if isinstance(ended, float) else "never"
+        lines.append(
+            f"last sweep: {ago}; {last['sweeps']} sweeps, {last['files_removed']} files and "
+            f"{format_bytes(int(last['bytes_removed']))} removed in all, "
+            f"errors: {last['errors'] or 0}"
+        )
+    return lines
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def format_force_clean(report: ForceCleanReport, config: JobsConfig) -> list[str]:
+    """Human lines for a force-clean report: what was (or would be) ended, per source."""
+    would = report.dry_run
+    lines = [
+        f"force-clean{' (dry run)' if would else ''}: "
+        f"{'would end' if would else 'ended'} {report.total} active jobs"
+    ]
+    db = config.database
+    if db is None:
+        lines.append("  database: not configured")
+    elif report.database is not None:
+        verb = f"{'would set' if would else 'set'} {db.error_status!r} on"
+        lines.append(_source_line(f"database {db.table}", report.database, verb, "jobs"))
+    if config.cache_file is None:
+        lines.append("  cache: not configured")
+    elif report.cache is not None:
+        verb = "would remove" if would else "removed"
+        lines.append(_source_line(f"cache {config.cache_file}", report.cache, verb, "entries"))
+    lines.extend(f"  error: {error}" for error in report.errors.messages)
+    return lines
+
+
+def _source_line(label: str, counts: Mapping[str, int], verb: str, noun: str) -> str:
+    n = sum(counts.values())
+    detail = f" ({summary(counts)})" if n else ""
+    return f"  {label}: {verb} {n} {noun}{detail}"
+
+
+def _counts_line(part: Mapping[str, Any]) -> str:
+    jobs = part.get("jobs") or {}
+    stale = part.get("stale") or {}
+    return (
+        f"{part.get('active', 0)} active ({summary(jobs) or 'none'}); "
+        f"stale: {summary(stale) or 'none'}"
+    )
+
+
+def format_jobs_status(status: Mapping[str, Any]) -> list[str]:
+    """Human lines for ``cleaner.jobs.status.jobs_status()``."""
+    lines = ["jobs:"]
+    database, cache, api = status.get("database"), status.get("cache"), status.get("api")
+    if database is None and cache is None:
+        lines.append("  no jobs.database and no jobs.cache_file configured")
+    if database is not None:
+        table = database.get("table")
+        if database.get("error"):
+            lines.append(f"  database {table}: down: {database['error']}")
+        else:
+            lines.append(f"  database {table}: {_counts_line(database)}")
+            index = database.get("index") or {}
+            if index.get("usable"):
+                covers = " (with the timestamp)" if index.get("covers_timestamp") else ""
+                lines.append(
+                    f"    index for the stale query: {', '.join(index['indexes'])}{covers}"
+                )
+            else:
+                lines.append(
+                    "    no index serves the stale query; recommended: "
+                    f"{database.get('recommended_index')}"
+                )
+    if cache is not None:
+        if cache.get("error"):
+            lines.append(f"  cache {cache['path']}: unreadable: {cache['error']}")
+        else:
+            lines.append(f"  cache {cache['path']}: {_counts_line(cache)}")
+    if api is not None:
+        if api.get("up"):
+            lines.append(f"  api {api['url']}: up, {api.get('jobs_active')} jobs active")
+        else:
+            lines.append(f"  api {api['url']}: down: {api.get('error')}")
+    return lines
