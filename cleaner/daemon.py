@@ -28,7 +28,7 @@ from cleaner.state import ApiHealth, StageErrors, State, StateStore
 log = logging.getLogger(__name__)
 
 #: Every this many cycles each directory is read again, unchanged or not (see
-#: cleaner.files.SweepMemory): 5 minutes at the default 30 s interval.
+#: cleaner.memory.SweepMemory): 5 minutes at the default 30 s interval.
 FULL_SWEEP_EVERY = 10
 
 

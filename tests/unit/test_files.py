@@ -14,6 +14,7 @@ import pytest
 from cleaner import files
 from cleaner.audit import AuditLog
 from cleaner.files import Removal, SweepHooks, sweep
+from cleaner.report import format_bytes
 from cleaner.sessions import purge_session, validate_session_id
 from tests.fixtures.trees import DAY, NOW, Tree
 
@@ -57,7 +58,7 @@ def test_summary_line_in_the_seed_spirit(tree: Tree) -> None:
         "cleanup done: 1 files removed (sessions: 1, temp_audio: 0, final_videos: 0, errors: 0)"
     )
     assert result.summary().endswith("1 B freed")
-    assert files.format_bytes(1_200_000_000) == "1.2 GB"
+    assert format_bytes(1_200_000_000) == "1.2 GB"
 
 
 def test_protect_wins_over_every_rule(tree: Tree) -> None:
