@@ -7,7 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the demo and the test tiers use (installed only where missing).
 APT_PACKAGES := python3-venv findutils util-linux procps postgresql prometheus \
-	prometheus-alertmanager debootstrap systemd-container openssh-client curl time
+	prometheus-alertmanager debootstrap systemd-container openssh-client curl time \
+	pgbouncer
 PYTEST_ARGS ?=
 
 .PHONY: help setup packages venv demo test lint unit integration host bench bench-quick clean
