@@ -2,29 +2,54 @@
 
 Every problem is collected with its key path and reported at once, e.g.
 ``files.rules[1].max_age: expected a duration such as 24h, got "abc"``.
-Nothing here reads the environment or the disk on its own: callers pass both in.
+
+This module is the schema: DEFAULTS (every key with its default: the example file, the
+Ansible roles and the READMEs are tested against it), its SECTIONS and KEYS, and build(),
+which checks a raw mapping key by key and makes the typed objects of cleaner.config_types
+(import them from here). The value readers are in cleaner.config_reader, what the
+environment may set in cleaner.config_env.
+
+build() and load_text() read neither the environment nor the disk: callers pass the
+environment in. load() reads the file it is given and the ``.env`` file beside it (never
+the process environment, which is the caller's to pass).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
+from cleaner.config_env import (
+    CONFIG_VARIABLE,
+    DSN_VARIABLE,
+    KeyPath,
+    apply_overrides,
+    env_overrides,
+    read_dotenv,
+)
+from cleaner.config_reader import UNIT_SECONDS, Reader, show
+from cleaner.config_reader import parse_duration as parse_duration
+from cleaner.config_types import Config as Config
+from cleaner.config_types import DatabaseConfig as DatabaseConfig
+from cleaner.config_types import ExporterConfig as ExporterConfig
+from cleaner.config_types import FilesConfig as FilesConfig
+from cleaner.config_types import ForceCleanConfig as ForceCleanConfig
+from cleaner.config_types import JobsConfig as JobsConfig
+from cleaner.config_types import Rule as Rule
+
 DEFAULT_CONFIG_PATH = Path("/etc/limpeza/limpeza.yml")
-ENV_PREFIX = "LIMPEZA_"
-#: Variables with a meaning of their own, never treated as key overrides.
-ENV_RESERVED = frozenset({"LIMPEZA_CONFIG", "LIMPEZA_DATABASE_URL"})
 DEFAULT_EXPORTER_ADDRESS = "127.0.0.1:9817"
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+#: The units a duration may be spelled in (cleaner.report spells them back).
+_UNIT_SECONDS = UNIT_SECONDS
+_PORT_RE = re.compile(r"^[0-9]{1,5}$")
+_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\]|[A-Za-z0-9_.-]+)$")
 _RULE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _STATUS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -39,21 +64,6 @@ class ConfigError(Exception):
         super().__init__(head + "invalid configuration:\n  " + "\n  ".join(self.problems))
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from ``90s``, ``3m``, ``24h``, ``7d``, ``1w``, ``250ms`` or a bare number."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(value)
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION_RE.match(value)
-        if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
-    raise ValueError(value)
-
-
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling of a duration in the units parse_duration accepts."""
     for unit in ("w", "d", "h", "m", "s"):
@@ -61,97 +71,6 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A named kind of expiring file: a base-name glob and the age past which it goes."""
-
-    name: str
-    pattern: str
-    max_age: float
-    directories: tuple[Path, ...]
-    recursive: bool = False
-
-
-@dataclass(frozen=True)
-class FilesConfig:
-    directories: tuple[Path, ...]
-    protect: tuple[str, ...]
-    rules: tuple[Rule, ...]
-    session_files: tuple[str, ...]
-    final_files: tuple[str, ...] = ()
-
-    def all_directories(self) -> tuple[Path, ...]:
-        """Every directory some rule sweeps, each once, in configuration order."""
-        seen: dict[Path, None] = dict.fromkeys(self.directories)
-        for rule in self.rules:
-            seen.update(dict.fromkeys(rule.directories))
-        return tuple(seen)
-
-
-@dataclass(frozen=True)
-class DatabaseConfig:
-    table: str
-    id_column: str
-    status_column: str
-    timestamp_column: str
-    active_statuses: tuple[str, ...]
-    error_status: str
-    error_message_column: str | None
-    batch_size: int
-    lock_timeout: float
-    statement_timeout: float
-    connect_timeout: float
-    #: From $LIMPEZA_DATABASE_URL only; never from the YAML file.
-    dsn: str | None = field(default=None, repr=False)
-
-    @property
-    def table_parts(self) -> tuple[str, ...]:
-        return tuple(self.table.split("."))
-
-
-@dataclass(frozen=True)
-class ForceCleanConfig:
-    threshold: int
-    auto: bool
-    confirm_cycles: int
-    min_age: float
-
-
-@dataclass(frozen=True)
-class JobsConfig:
-    stale_after: Mapping[str, float]
-    cache_file: Path | None
-    database: DatabaseConfig | None
-    health_url: str | None
-    health_timeout: float
-    force_clean: ForceCleanConfig
-
-    @property
-    def active_statuses(self) -> tuple[str, ...]:
-        if self.database is not None:
-            return self.database.active_statuses
-        return tuple(self.stale_after)
-
-
-@dataclass(frozen=True)
-class ExporterConfig:
-    listen_address: str
-    web_config_file: Path | None
-    database_timeout: float
-
-
-@dataclass(frozen=True)
-class Config:
-    interval: float
-    state_file: Path
-    audit_log: Path | None
-    log_level: str
-    files: FilesConfig
-    jobs: JobsConfig
-    exporter: ExporterConfig
-    source: str = ""
 
 
 # --------------------------------------------------------------------------- defaults
@@ -201,152 +120,44 @@ DATABASE_DEFAULTS: dict[str, Any] = {
     "connect_timeout": "3s",
 }
 
+#: Every mapping of keys in the schema, by key path, with its defaults. Any other key is a
+#: leaf, even one whose value is a mapping: jobs.stale_after (status -> duration) is replaced
+#: as a whole by the file or the environment, never merged with its default.
+SECTIONS: dict[KeyPath, Mapping[str, Any]] = {
+    (): DEFAULTS,
+    ("files",): DEFAULTS["files"],
+    ("jobs",): DEFAULTS["jobs"],
+    ("jobs", "database"): DATABASE_DEFAULTS,
+    ("jobs", "force_clean"): DEFAULTS["jobs"]["force_clean"],
+    ("exporter",): DEFAULTS["exporter"],
+}
+#: Every key path of the schema, sections included: the keys a LIMPEZA_* variable may set.
+KEYS: frozenset[KeyPath] = frozenset(
+    (*path, key) for path, section in SECTIONS.items() for key in section
+)
+
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-# --------------------------------------------------------------------------- the reader
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port), port 1 to 65535; raises ValueError.
 
-
-class _Reader:
-    """Walks a raw mapping, converting values and collecting problems by key path."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def fail(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
-
-    def mapping(self, raw: object, path: str, known: Iterable[str]) -> dict[str, Any]:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            self.fail(path or "(top)", f"expected a mapping, got {_show(raw)}")
-            return {}
-        allowed = set(known)
-        for key in raw:
-            if key not in allowed:
-                where = f"{path}.{key}" if path else str(key)
-                self.fail(where, f"unknown key (known: {', '.join(sorted(allowed))})")
-        return {k: v for k, v in raw.items() if k in allowed}
-
-    def duration(self, raw: object, path: str) -> float:
-        try:
-            return parse_duration(raw)
-        except ValueError:
-            self.fail(path, f"expected a duration such as 24h, got {_show(raw)}")
-            return 0.0
-
-    def boolean(self, raw: object, path: str) -> bool:
-        if isinstance(raw, bool):
-            return raw
-        self.fail(path, f"expected true or false, got {_show(raw)}")
-        return False
-
-    def integer(self, raw: object, path: str, minimum: int, maximum: int) -> int:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            self.fail(path, f"expected a whole number, got {_show(raw)}")
-            return minimum
-        if not minimum <= raw <= maximum:
-            self.fail(path, f"expected a number from {minimum} to {maximum}, got {raw}")
-            return minimum
-        return raw
-
-    def string(self, raw: object, path: str, *, allow_empty: bool = False) -> str:
-        if not isinstance(raw, str) or (not raw and not allow_empty):
-            self.fail(path, f"expected a non-empty string, got {_show(raw)}")
-            return ""
-        if "\x00" in raw:
-            self.fail(path, "must not contain a NUL byte")
-            return ""
-        return raw
-
-    def abs_path(self, raw: object, path: str) -> Path:
-        text = self.string(raw, path)
-        if text and not text.startswith("/"):
-            self.fail(path, f"expected an absolute path, got {_show(raw)}")
-        if text and ".." in PurePosixPath(text).parts:
-            self.fail(path, f"must not contain '..', got {_show(raw)}")
-        return Path(text) if text else Path("/")
-
-    def optional_path(self, raw: object, path: str) -> Path | None:
-        return None if raw is None or raw == "" else self.abs_path(raw, path)
-
-    def string_list(self, raw: object, path: str) -> tuple[str, ...]:
-        if isinstance(raw, str):
-            raw = [raw]
-        if not isinstance(raw, list):
-            self.fail(path, f"expected a list of strings, got {_show(raw)}")
-            return ()
-        return tuple(self.string(item, f"{path}[{i}]") for i, item in enumerate(raw))
-
-    def path_list(self, raw: object, path: str) -> tuple[Path, ...]:
-        if isinstance(raw, str):
-            raw = [raw]
-        if not isinstance(raw, list):
-            self.fail(path, f"expected a list of absolute paths, got {_show(raw)}")
-            return ()
-        return tuple(self.abs_path(item, f"{path}[{i}]") for i, item in enumerate(raw))
-
-    def identifier(self, raw: object, path: str, *, qualified: bool = False) -> str:
-        text = self.string(raw, path)
-        parts = text.split(".") if qualified else [text]
-        if text and (len(parts) > 2 or not all(_IDENT_RE.match(p) for p in parts)):
-            kind = "an identifier or schema.identifier" if qualified else "an identifier"
-            self.fail(
-                path,
-                f"expected {kind} (letters, digits, _ and $, starting with a letter or _), "
-                f"got {_show(raw)}",
-            )
-        return text
-
-
-def _show(value: object) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace('"', '\\"') + '"'
-    if value is None:
-        return "nothing"
-    return repr(value)
-
-
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
-    """Nested overrides from ``LIMPEZA_*`` variables.
-
-    ``LIMPEZA_INTERVAL=10s`` sets ``interval``; a double underscore descends:
-    ``LIMPEZA_JOBS__HEALTH_URL=...`` sets ``jobs.health_url``. Values are read as YAML,
-    so ``[a, b]`` is a list and ``true`` a boolean.
+    The one definition of a listen address: exporter.listen_address, the exporter's
+    ``--web.listen-address`` and the exporter role's preflight all use it. A host is a name,
+    an IPv4 address or an IPv6 address in brackets (``[::1]:9817``). Port 0 (any free port)
+    is refused: Prometheus must know where to scrape.
     """
-    overrides: dict[str, Any] = {}
-    problems: list[str] = []
-    for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
-            continue
-        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
-        if not all(keys):
-            problems.append(f"${name}: cannot tell which key it sets")
-            continue
-        try:
-            value = yaml.safe_load(env[name]) if env[name] else ""
-        except yaml.YAMLError:
-            value = env[name]
-        node = overrides
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                problems.append(f"${name}: conflicts with another override")
-                break
-        else:
-            node[keys[-1]] = value
-    return overrides, problems
+    host, sep, port = address.rpartition(":")
+    if not sep or not _PORT_RE.match(port) or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT with a port from 1 to 65535, got {show(address)}")
+    if not host:
+        raise ValueError(f"expected HOST:PORT with a host, got {show(address)}")
+    if not _HOST_RE.match(host):
+        raise ValueError(
+            "expected a host name, an IPv4 address or an IPv6 address in brackets "
+            f"before :PORT, got {show(address)}"
+        )
+    return host.strip("[]"), int(port)
 
 
 def load_text(
@@ -379,36 +190,26 @@ def load(path: Path, env: Mapping[str, str] | None = None) -> Config:
     return load_text(text, env=merged_env, source=str(path))
 
 
-def read_dotenv(path: Path) -> dict[str, str]:
-    """Variables from a ``.env`` file (python-dotenv's syntax); nothing if there is none."""
-    if not path.is_file():
-        return {}
-    from dotenv import dotenv_values
-
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
-
-
 def build(raw: object, *, env: Mapping[str, str], source: str = "") -> Config:
     """Validates a raw mapping (as parsed from YAML) into a Config, or raises ConfigError."""
-    reader = _Reader()
-    overrides, env_problems = env_overrides(env)
-    reader.problems.extend(env_problems)
+    reader = Reader()
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError([f"(top): expected a mapping of keys, got {_show(raw)}"], source)
-    raw = _merge(raw, overrides)
-    top = reader.mapping(raw, "", DEFAULTS.keys())
-    top = _merge(DEFAULTS, top)
+        raise ConfigError([f"(top): expected a mapping of keys, got {show(raw)}"], source)
+    overrides, unused = env_overrides(env, KEYS)
+    raw, env_problems = apply_overrides(raw, overrides)
+    reader.problems.extend(env_problems)
+    # Each section fills in its missing keys from its own defaults, one level at a time: a
+    # value given for a key (jobs.stale_after, files.rules) replaces its default whole.
+    top = {**DEFAULTS, **reader.mapping(raw, "", DEFAULTS.keys())}
 
     interval = reader.duration(top["interval"], "interval")
     if interval and interval < 1:
         reader.fail("interval", "must be at least 1s")
     log_level = str(top["log_level"]).lower()
     if log_level not in _LOG_LEVELS:
-        reader.fail(
-            "log_level", f"expected one of {', '.join(_LOG_LEVELS)}, got {_show(log_level)}"
-        )
+        reader.fail("log_level", f"expected one of {', '.join(_LOG_LEVELS)}, got {show(log_level)}")
 
     config = Config(
         interval=interval,
@@ -419,13 +220,14 @@ def build(raw: object, *, env: Mapping[str, str], source: str = "") -> Config:
         jobs=_jobs(reader, top["jobs"], env),
         exporter=_exporter(reader, top["exporter"]),
         source=source,
+        unused_environment=unused,
     )
     if reader.problems:
         raise ConfigError(reader.problems, source)
     return config
 
 
-def _files(reader: _Reader, raw: object) -> FilesConfig:
+def _files(reader: Reader, raw: object) -> FilesConfig:
     section = reader.mapping(raw, "files", DEFAULTS["files"].keys())
     section = {**DEFAULTS["files"], **section}
     directories = reader.path_list(section["directories"], "files.directories")
@@ -433,7 +235,7 @@ def _files(reader: _Reader, raw: object) -> FilesConfig:
     rules: list[Rule] = []
     raw_rules = section["rules"]
     if not isinstance(raw_rules, list):
-        reader.fail("files.rules", f"expected a list of rules, got {_show(raw_rules)}")
+        reader.fail("files.rules", f"expected a list of rules, got {show(raw_rules)}")
         raw_rules = []
     names: set[str] = set()
     for i, raw_rule in enumerate(raw_rules):
@@ -447,15 +249,15 @@ def _files(reader: _Reader, raw: object) -> FilesConfig:
         name = reader.string(entry.get("name", "x"), f"{path}.name")
         if name and not _RULE_NAME_RE.match(name):
             reader.fail(
-                f"{path}.name", f"expected lower_snake_case (a metric label), got {_show(name)}"
+                f"{path}.name", f"expected lower_snake_case (a metric label), got {show(name)}"
             )
         if name in names:
-            reader.fail(f"{path}.name", f"duplicate rule name {_show(name)}")
+            reader.fail(f"{path}.name", f"duplicate rule name {show(name)}")
         names.add(name)
         pattern = reader.string(entry.get("pattern", "x"), f"{path}.pattern")
         if "/" in pattern:
             reader.fail(
-                f"{path}.pattern", f"matches base names only; no '/' allowed, got {_show(pattern)}"
+                f"{path}.pattern", f"matches base names only; no '/' allowed, got {show(pattern)}"
             )
         rule_dirs = (
             reader.path_list(entry["directories"], f"{path}.directories")
@@ -480,21 +282,21 @@ def _files(reader: _Reader, raw: object) -> FilesConfig:
             if template and ("{id}" not in template or "/" in template):
                 reader.fail(
                     f"files.{key}[{i}]",
-                    f"expected a base name containing {{id}}, got {_show(template)}",
+                    f"expected a base name containing {{id}}, got {show(template)}",
                 )
     return FilesConfig(
         directories, protect, tuple(rules), templates["session_files"], templates["final_files"]
     )
 
 
-def _jobs(reader: _Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:
+def _jobs(reader: Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:
     section = reader.mapping(raw, "jobs", DEFAULTS["jobs"].keys())
-    section = _merge(DEFAULTS["jobs"], section)
+    section = {**DEFAULTS["jobs"], **section}
     stale_raw = section["stale_after"]
     stale: dict[str, float] = {}
     if not isinstance(stale_raw, dict) or not stale_raw:
         reader.fail(
-            "jobs.stale_after", f"expected a mapping of status to duration, got {_show(stale_raw)}"
+            "jobs.stale_after", f"expected a mapping of status to duration, got {show(stale_raw)}"
         )
     else:
         for status, value in stale_raw.items():
@@ -512,7 +314,7 @@ def _jobs(reader: _Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:
             if status not in stale:
                 reader.fail(
                     "jobs.stale_after",
-                    f"has no threshold for active status {_show(status)} "
+                    f"has no threshold for active status {show(status)} "
                     "(see jobs.database.active_statuses)",
                 )
 
@@ -521,7 +323,7 @@ def _jobs(reader: _Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:
         health_url = reader.string(health_url, "jobs.health_url")
         parts = urlsplit(health_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            reader.fail("jobs.health_url", f"expected an http(s) URL, got {_show(health_url)}")
+            reader.fail("jobs.health_url", f"expected an http(s) URL, got {show(health_url)}")
 
     force = reader.mapping(
         section["force_clean"], "jobs.force_clean", DEFAULTS["jobs"]["force_clean"]
@@ -546,7 +348,7 @@ def _jobs(reader: _Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:
     )
 
 
-def _database(reader: _Reader, raw: object, env: Mapping[str, str]) -> DatabaseConfig:
+def _database(reader: Reader, raw: object, env: Mapping[str, str]) -> DatabaseConfig:
     section = reader.mapping(raw, "jobs.database", DATABASE_DEFAULTS.keys())
     section = {**DATABASE_DEFAULTS, **section}
     p = "jobs.database"
@@ -556,7 +358,7 @@ def _database(reader: _Reader, raw: object, env: Mapping[str, str]) -> DatabaseC
         reader.fail(f"{p}.active_statuses", "must name at least one status")
     for i, status in enumerate(statuses):
         if status and not _STATUS_RE.match(status):
-            reader.fail(f"{p}.active_statuses[{i}]", f"expected a status name, got {_show(status)}")
+            reader.fail(f"{p}.active_statuses[{i}]", f"expected a status name, got {show(status)}")
     error_status = reader.string(section["error_status"], f"{p}.error_status")
     if error_status in statuses:
         reader.fail(f"{p}.error_status", "must not be one of the active statuses")
@@ -576,17 +378,19 @@ def _database(reader: _Reader, raw: object, env: Mapping[str, str]) -> DatabaseC
         lock_timeout=reader.duration(section["lock_timeout"], f"{p}.lock_timeout"),
         statement_timeout=reader.duration(section["statement_timeout"], f"{p}.statement_timeout"),
         connect_timeout=reader.duration(section["connect_timeout"], f"{p}.connect_timeout"),
-        dsn=env.get("LIMPEZA_DATABASE_URL") or None,
+        dsn=env.get(DSN_VARIABLE) or None,
     )
 
 
-def _exporter(reader: _Reader, raw: object) -> ExporterConfig:
+def _exporter(reader: Reader, raw: object) -> ExporterConfig:
     section = reader.mapping(raw, "exporter", DEFAULTS["exporter"].keys())
     section = {**DEFAULTS["exporter"], **section}
     address = reader.string(section["listen_address"], "exporter.listen_address")
-    host, _, port = address.rpartition(":")
-    if address and (not host or not port.isdigit() or not 0 < int(port) < 65536):
-        reader.fail("exporter.listen_address", f"expected HOST:PORT, got {_show(address)}")
+    if address:
+        try:
+            parse_listen_address(address)
+        except ValueError as exc:
+            reader.fail("exporter.listen_address", str(exc))
     return ExporterConfig(
         listen_address=address,
         web_config_file=reader.optional_path(
@@ -600,9 +404,19 @@ def resolve_path(cli_value: str | None, env: Mapping[str, str]) -> Path:
     """``--config FILE``, else ``$LIMPEZA_CONFIG``, else /etc/limpeza/limpeza.yml."""
     if cli_value:
         return Path(cli_value)
-    if env.get("LIMPEZA_CONFIG"):
-        return Path(env["LIMPEZA_CONFIG"])
+    if env.get(CONFIG_VARIABLE):
+        return Path(env[CONFIG_VARIABLE])
     return DEFAULT_CONFIG_PATH
+
+
+def warn_unused_environment(config: Config, logger: logging.Logger) -> None:
+    """One warning naming the ``LIMPEZA_*`` variables that were not read, never their values."""
+    if config.unused_environment:
+        logger.warning(
+            "environment variables not read, no configuration key has their name: %s "
+            "(LIMPEZA_JOBS__HEALTH_URL sets jobs.health_url)",
+            ", ".join(config.unused_environment),
+        )
 
 
 def mask_dsn(dsn: str) -> str:

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from cleaner import config as limpeza_config
 from exporter import webconfig
 from exporter.collector import LimpezaCollector
-from exporter.http import ExporterServer, parse_listen_address
+from exporter.http import ExporterServer
 
 log = logging.getLogger("limpeza.exporter")
 
@@ -92,10 +92,11 @@ def run(argv: Sequence[str] | None, env: Mapping[str, str]) -> int:
         print(exc, file=sys.stderr)
         return 2
     _setup_logging(args.log_level or config.log_level)
+    limpeza_config.warn_unused_environment(config, log)
 
     address_text = args.listen_address or config.exporter.listen_address
     try:
-        address = parse_listen_address(address_text)
+        address = limpeza_config.parse_listen_address(address_text)
     except ValueError as exc:
         print(f"limpeza-exporter: --web.listen-address: {exc}", file=sys.stderr)
         return 2
@@ -145,6 +146,15 @@ def run(argv: Sequence[str] | None, env: Mapping[str, str]) -> int:
                 continue
             collector.reload(new_config)
             log.info("SIGHUP: configuration %s reloaded", config_path)
+            started, now = config.exporter, new_config.exporter
+            if (now.listen_address, now.web_config_file) != (
+                started.listen_address,
+                started.web_config_file,
+            ):
+                log.warning(
+                    "SIGHUP: a new exporter.listen_address or exporter.web_config_file "
+                    "applies at the next restart only"
+                )
     finally:
         server.shutdown()
         server.server_close()

@@ -36,17 +36,6 @@ LANDING_PAGE = """<!DOCTYPE html>
 """
 
 
-def parse_listen_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port); raises ValueError."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    host = host.strip("[]")
-    if not host:
-        raise ValueError(f"expected HOST:PORT with a host, got {address!r}")
-    return host, int(port)
-
-
 class MetricsHandler(BaseHTTPRequestHandler):
     server: ExporterServer
     timeout = CLIENT_TIMEOUT
@@ -145,10 +134,6 @@ class ExporterServer(ThreadingHTTPServer):
     @property
     def scheme(self) -> str:
         return "https" if self._tls is not None else "http"
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Runs in the connection's thread: the TLS handshake, then the request."""

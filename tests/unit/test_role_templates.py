@@ -1,4 +1,8 @@
-"""The roles' templates rendered by Ansible itself with the roles' defaults."""
+"""The roles' templates rendered by Ansible itself with the roles' defaults.
+
+limpeza.yml, as the role renders it with its defaults, is cleaner.config.DEFAULTS key for key
+and value for value: the role has one variable per key, defaulting to the programs' default.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from cleaner.config import DEFAULTS, KEYS, SECTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / ".venv" / "bin" / "ansible"
@@ -59,3 +65,108 @@ def test_alert_rules_template_takes_the_thresholds(tmp_path: Path) -> None:
     assert rules["LimpezaJobsActiveHigh"]["for"] == "3m"
     assert rules["LimpezaExporterDown"]["expr"] == 'up{job="cleaner"} == 0'
     assert "{{ $labels.instance }}" in rules["LimpezaJobsActiveHigh"]["annotations"]["description"]
+
+
+def _role_files(role: str) -> list[Path]:
+    """The defaults and vars files of the limpeza role, then of ``role`` (if another)."""
+    files = []
+    for name in dict.fromkeys(["limpeza", role]):
+        for kind in ("defaults", "vars"):
+            path = REPO / "roles" / name / kind / "main.yml"
+            if path.exists():
+                files.append(path)
+    return files
+
+
+def _key_tree(value: object) -> object:
+    if isinstance(value, dict):
+        return {key: _key_tree(child) for key, child in value.items()}
+    return None
+
+
+def test_limpeza_yml_template_with_defaults_is_the_programs_defaults(tmp_path: Path) -> None:
+    rendered = yaml.safe_load(
+        _render("limpeza", "limpeza.yml.j2", tmp_path / "limpeza.yml", *_role_files("limpeza"))
+    )
+    assert _key_tree(rendered) == _key_tree(DEFAULTS)
+    assert rendered == DEFAULTS
+
+
+def _config_variables() -> dict[str, tuple[str, ...]]:
+    """Role variable -> key path: one per top-level key and per key of a top-level section.
+
+    Deeper sections (jobs.force_clean, jobs.database) are one mapping variable each.
+    """
+    variables = {}
+    for path in sorted(KEYS):
+        if (len(path) == 1 and path not in SECTIONS) or len(path) == 2:
+            variables["limpeza_" + "_".join(path)] = path
+    return variables
+
+
+def test_role_builds_limpeza_yml_from_one_variable_per_key() -> None:
+    role_vars = yaml.safe_load((REPO / "roles" / "limpeza" / "vars" / "main.yml").read_text())
+    expected: dict[str, object] = {}
+    for variable, path in _config_variables().items():
+        node = expected
+        for key in path[:-1]:
+            node = node.setdefault(key, {})  # type: ignore[assignment]
+        node[path[-1]] = "{{ " + variable + " }}"
+    assert role_vars["_limpeza_config"] == expected
+
+
+def test_role_defaults_are_the_programs_defaults() -> None:
+    defaults = yaml.safe_load((REPO / "roles" / "limpeza" / "defaults" / "main.yml").read_text())
+    for variable, path in _config_variables().items():
+        value: object = DEFAULTS
+        for key in path:
+            value = value[key]  # type: ignore[index]
+        assert variable in defaults, f"{variable} ({'.'.join(path)}) has no default"
+        assert defaults[variable] == value, variable
+
+
+def _unit(tmp_path: Path, *var_files: Path) -> dict[str, list[str]]:
+    text = _render(
+        "limpeza_exporter",
+        "limpeza-exporter.service.j2",
+        tmp_path / "unit",
+        *_role_files("limpeza_exporter"),
+        *var_files,
+    )
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            settings.setdefault(name, []).append(value)
+    return settings
+
+
+def test_exporter_unit_reloads_on_sighup_and_takes_its_address_at_start(tmp_path: Path) -> None:
+    unit = _unit(tmp_path)
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    [start] = unit["ExecStart"]
+    assert start.endswith(
+        "/bin/limpeza-exporter --config /etc/limpeza/limpeza.yml "
+        "--web.listen-address 127.0.0.1:9817"
+    )
+    overrides = tmp_path / "vars.yml"
+    overrides.write_text(
+        "limpeza_exporter_listen_address: '[::1]:9100'\n"
+        "limpeza_exporter_web_config_file: /etc/limpeza/web.yml\n"
+    )
+    [start] = _unit(tmp_path, overrides)["ExecStart"]
+    assert start.endswith("--web.listen-address [::1]:9100 --web.config.file /etc/limpeza/web.yml")
+
+
+@pytest.mark.parametrize("role", ["limpeza_cleaner", "limpeza_exporter"])
+def test_a_config_change_reloads_and_new_code_restarts(role: str) -> None:
+    handlers = yaml.safe_load((REPO / "roles" / role / "handlers" / "main.yml").read_text())
+    by_topic: dict[str, list[str]] = {}
+    for handler in handlers:
+        for topic in handler["listen"]:
+            by_topic.setdefault(topic, []).append(
+                handler["ansible.builtin.systemd_service"]["state"]
+            )
+    assert by_topic["limpeza config changed"] == ["reloaded"]
+    assert by_topic["limpeza code changed"] == ["restarted"]
+    assert by_topic["limpeza environment changed"] == ["restarted"]
