@@ -4,6 +4,10 @@ A job is stale when its status is active (``queued``, ``running``) and its times
 last state change or heartbeat) is older than ``jobs.stale_after[status]``. A job that keeps
 updating its timestamp is never stale, however long ago it started; a job without a
 readable timestamp is never stale either, since nothing proves it was abandoned.
+
+A naive ISO time (no offset, as ``datetime.now().isoformat()`` writes it) is read in the
+zone ``jobs.cache_timezone`` names; the callers pass it in: None is the host's local time
+(the API and the cleaner share the host), as the C library resolves it at that moment.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, tzinfo
 
 #: Record fields that date a cached job, the first one present wins.
 TIMESTAMP_FIELDS = ("updated_at", "started_at", "created_at")
@@ -32,10 +36,11 @@ class JobCounts:
         return sum(self.by_status.get(status, 0) for status in self.stale)
 
 
-def parse_timestamp(value: object) -> float | None:
+def parse_timestamp(value: object, zone: tzinfo | None) -> float | None:
     """Epoch seconds from epoch seconds (or milliseconds) or an ISO 8601 string.
 
-    A naive ISO time is taken as UTC. Anything unreadable is None.
+    A naive ISO time is read in ``zone``, or in the host's local time when ``zone`` is
+    None. Anything unreadable is None.
     """
     if isinstance(value, bool) or value is None:
         return None
@@ -50,8 +55,9 @@ def parse_timestamp(value: object) -> float | None:
                 moment = datetime.fromisoformat(text)
             except ValueError:
                 return None
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
+            if moment.tzinfo is None and zone is not None:
+                moment = moment.replace(tzinfo=zone)
+            # A naive datetime's timestamp() is the host's local time, DST included.
             return moment.timestamp()
     else:
         return None
@@ -60,10 +66,13 @@ def parse_timestamp(value: object) -> float | None:
     return number / 1000.0 if number > _MILLISECONDS_ABOVE else number
 
 
-def record_timestamp(record: Mapping[str, object]) -> float | None:
-    """When a job last changed: ``updated_at``, else ``started_at``, else ``created_at``."""
+def record_timestamp(record: Mapping[str, object], zone: tzinfo | None = None) -> float | None:
+    """When a job last changed: ``updated_at``, else ``started_at``, else ``created_at``.
+
+    ``zone`` reads naive ISO times (see parse_timestamp); None is the host's local time.
+    """
     for name in TIMESTAMP_FIELDS:
-        moment = parse_timestamp(record.get(name))
+        moment = parse_timestamp(record.get(name), zone)
         if moment is not None:
             return moment
     return None

@@ -27,9 +27,9 @@ STALE_AFTER = {"running": 180.0, "queued": 120.0}
 
 
 def iso(seconds_ago: float, *, z: bool = False, naive: bool = False) -> str:
+    if naive:  # as datetime.now().isoformat() writes it: the host's local time
+        return (datetime.now() - timedelta(seconds=seconds_ago)).isoformat()
     moment = datetime.now(UTC) - timedelta(seconds=seconds_ago)
-    if naive:
-        return moment.replace(tzinfo=None).isoformat()
     text = moment.isoformat()
     return text.replace("+00:00", "Z") if z else text
 
@@ -78,7 +78,7 @@ def test_iso_and_epoch_timestamps_stale_active_entries_go(tmp_path: Path) -> Non
     assert state.jobs_active == 5  # iso-fresh, epoch-fresh, heartbeat, no-time, extra-fields
 
 
-def test_rewrite_keeps_mode_and_owner(tmp_path: Path) -> None:
+def test_rewrite_in_place_keeps_mode_and_owner(tmp_path: Path) -> None:
     cache = tmp_path / "jobs.json"
     cache.write_text(json.dumps({"a": {"status": "running", "updated_at": time.time() - 999}}))
     os.chmod(cache, 0o640)
@@ -91,7 +91,7 @@ def test_rewrite_keeps_mode_and_owner(tmp_path: Path) -> None:
     removed = reap_cache(cache, STALE_AFTER, time.time())
     assert removed == {"running": 1}
     after = cache.stat()
-    assert after.st_ino != inode  # replaced atomically, not edited in place
+    assert after.st_ino == inode  # rewritten in place: an API's open handle stays valid
     assert after.st_mode & 0o7777 == 0o640
     assert (after.st_uid, after.st_gid) == owner
     assert json.loads(cache.read_text()) == {}

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -27,17 +32,71 @@ NOW = 1_700_000_000.0
         ("2023-11-14T22:13:20Z", 1_700_000_000.0),
         ("2023-11-14T22:13:20+00:00", 1_700_000_000.0),
         ("2023-11-14T23:13:20+01:00", 1_700_000_000.0),
-        ("2023-11-14T22:13:20", 1_700_000_000.0),  # naive: UTC
+        ("2023-11-14T22:13:20", 1_700_000_000.0),  # naive, read in the zone given: UTC
         ("2023-11-14 22:13:20.250000", 1_700_000_000.25),
     ],
 )
 def test_parse_timestamp_reads_epoch_and_iso(value: object, expected: float) -> None:
-    assert parse_timestamp(value) == pytest.approx(expected)
+    assert parse_timestamp(value, UTC) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("value", [None, True, "soon", "", -5, float("nan"), [], {"a": 1}])
 def test_parse_timestamp_refuses_what_is_not_a_time(value: object) -> None:
-    assert parse_timestamp(value) is None
+    assert parse_timestamp(value, UTC) is None
+    assert parse_timestamp(value, None) is None
+
+
+def test_a_naive_iso_time_is_read_in_the_zone_given() -> None:
+    sao_paulo = ZoneInfo("America/Sao_Paulo")  # UTC-3, no DST since 2019
+    assert parse_timestamp("2023-11-14T19:13:20", sao_paulo) == pytest.approx(1_700_000_000.0)
+    assert parse_timestamp("2023-11-14T22:13:20", UTC) == pytest.approx(1_700_000_000.0)
+    # An explicit offset wins over the zone.
+    assert parse_timestamp("2023-11-14T22:13:20Z", sao_paulo) == pytest.approx(1_700_000_000.0)
+    berlin = ZoneInfo("Europe/Berlin")  # the zone's own DST applies, date by date
+    assert parse_timestamp("2023-07-01T12:00:00", berlin) == pytest.approx(
+        datetime(2023, 7, 1, 10, tzinfo=UTC).timestamp()
+    )
+    assert parse_timestamp("2023-01-01T12:00:00", berlin) == pytest.approx(
+        datetime(2023, 1, 1, 11, tzinfo=UTC).timestamp()
+    )
+
+
+# What an API under TZ=America/Sao_Paulo writes with datetime.now().isoformat(), then how a
+# cleaner on the same host reads it with no zone given (the default, jobs.cache_timezone:
+# local): a job updated ten seconds ago must not be stale.
+LOCAL_TIME = r"""
+import json, sys, time
+from datetime import datetime, timedelta
+from cleaner.jobs.cache import count_cache
+from cleaner.jobs.staleness import parse_timestamp
+written = (datetime.now() - timedelta(seconds=10)).isoformat()
+record = {"status": "running", "updated_at": written}
+counts = count_cache({"a": record}, {"running": 60.0}, time.time())
+print(json.dumps({"age": time.time() - parse_timestamp(written, None), "stale": counts.stale}))
+"""
+
+
+@pytest.mark.parametrize("tz", ["America/Sao_Paulo", "Asia/Tokyo", "UTC"])
+def test_a_naive_time_is_the_hosts_local_time_by_default(tz: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", LOCAL_TIME],
+        env={**os.environ, "TZ": tz},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    seen = json.loads(out)
+    assert 9 < seen["age"] < 60  # ten seconds old, whatever the zone
+    assert seen["stale"] == {"running": 0}
+
+
+def test_count_cache_reads_naive_times_in_the_zone_given() -> None:
+    # 21:23:20 naive: in UTC 50 minutes before NOW (stale); in Sao Paulo 3 hours later.
+    records = {"a": {"status": "running", "updated_at": "2023-11-14T21:23:20"}}
+    assert count_cache(records, STALE_AFTER, NOW, zone=UTC).stale == {"running": 1, "queued": 0}
+    fresh = count_cache(records, STALE_AFTER, NOW, zone=ZoneInfo("America/Sao_Paulo"))
+    assert fresh.stale == {"running": 0, "queued": 0}
 
 
 def test_record_timestamp_prefers_updated_then_started_then_created() -> None:
@@ -137,7 +196,7 @@ def test_iso_and_epoch_give_the_same_staleness() -> None:
     moment = datetime.fromtimestamp(NOW - 200, UTC)
     iso = {"status": "running", "updated_at": moment.isoformat()}
     epoch = {"status": "running", "updated_at": NOW - 200}
-    assert record_timestamp(iso) == pytest.approx(record_timestamp(epoch))
+    assert record_timestamp(iso, UTC) == pytest.approx(record_timestamp(epoch, UTC))
 
 
 @pytest.mark.parametrize(
