@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from cleaner.config import _UNIT_SECONDS
+from cleaner.config_reader import UNIT_SECONDS
 
 if TYPE_CHECKING:
     from cleaner.config import JobsConfig
@@ -38,7 +38,7 @@ def format_age(seconds: float) -> str:
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling of a duration in the units the configuration accepts."""
     for unit in ("w", "d", "h", "m", "s"):
-        size = _UNIT_SECONDS[unit]
+        size = UNIT_SECONDS[unit]
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
