@@ -36,8 +36,8 @@ demo: setup
 	$(BIN)/python -m tools.demo
 
 lint: setup
-	$(BIN)/ruff check cleaner exporter tests bench tools
-	$(BIN)/ruff format --check cleaner exporter tests bench tools
+	$(BIN)/ruff check cleaner exporter tests bench tools devtools
+	$(BIN)/ruff format --check cleaner exporter tests bench tools devtools
 	$(BIN)/mypy
 	$(BIN)/yamllint -s .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --offline --profile production

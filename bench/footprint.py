@@ -9,7 +9,6 @@ every few seconds after a short settling time, so start-up is not counted as idl
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from bench import expiry, trees
 from bench.measure import proc_sample, table
+from devtools.process import free_port, terminate
 
 SETTLE = 5.0
 SAMPLE_EVERY = 5.0
@@ -38,24 +38,13 @@ class Footprint:
     rss_max_kib: int
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _process(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=10)
 
 
 def run_section(duration: float, scratch: Path, log: Callable[[str], None]) -> list[Footprint]:
@@ -65,7 +54,7 @@ def run_section(duration: float, scratch: Path, log: Callable[[str], None]) -> l
         tree = trees.generate(work / "uploads", TREE_FILES, nested=True, now=time.time(), idle=True)
         config = expiry.limpeza_config(tree, work)
         config.write_text(config.read_text().replace("log_level: warning", "log_level: info"))
-        port = _free_port()
+        port = free_port()
         cleaner = [str(bindir / "limpeza-cleaner"), "--config", str(config), "run"]
         exporter_bin = bindir / "limpeza-exporter"
         exporter = [

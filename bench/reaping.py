@@ -22,14 +22,9 @@ recommends, ``CREATE INDEX ON jobs (status, updated_at)``.
 from __future__ import annotations
 
 import contextlib
-import os
-import pwd
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -39,7 +34,8 @@ from bench.measure import Summary, ratio, show_seconds, table
 from cleaner.config import Config, build
 from cleaner.jobs import JobReaper, end_jobs
 from cleaner.state import State
-from tests.fixtures.postgres import PostgresServer, free_port
+from devtools import postgres
+from devtools.postgres import PostgresServer
 
 STALE_AFTER = {"running": "3m", "queued": "2m"}
 REASON = "stale (benchmark)"
@@ -68,38 +64,19 @@ class _TimedConnection(psycopg2.extensions.connection):
         self.cursor_factory = _TimedCursor
 
 
-def _bin_dir() -> Path:
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (candidate / "initdb").exists():
-            return candidate
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
-    raise RuntimeError("no PostgreSQL server binaries (initdb, pg_ctl): make setup installs them")
-
-
 @contextlib.contextmanager
 def server() -> Iterator[PostgresServer]:
     """A durable throwaway cluster, always stopped and removed afterwards."""
-    base = Path(tempfile.mkdtemp(prefix="limpeza-bench-pg-"))
-    base.chmod(0o755)
-    owner = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
-    pg = PostgresServer(_bin_dir(), base, free_port(), owner)
-    try:
-        pg.init()
-        with (pg.data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
-            conf.write(
-                "\n# benchmark: durable like production\n"
-                "fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n"
-                "shared_buffers = 512MB\nmax_wal_size = 4GB\n"
-            )
-        pg.start()
+    with postgres.cluster(
+        "limpeza-bench-pg-",
+        settings=(
+            "\n# benchmark: durable like production\n"
+            "fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n"
+            "shared_buffers = 512MB\nmax_wal_size = 4GB\n"
+        ),
+        stop_mode="fast",
+    ) as pg:
         yield pg
-    finally:
-        if pg.running:
-            with contextlib.suppress(RuntimeError):
-                pg.stop("fast")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def load(conn: psycopg2.extensions.connection, rows: int) -> dict[str, int]:

@@ -51,7 +51,9 @@ from psycopg2 import sql
 
 from cleaner.config import Config, load
 from cleaner.state import DirectoryUsage, State, StateStore
-from tests.fixtures.processes import free_port
+from devtools import postgres
+from devtools.limpeza import exporter_command
+from devtools.process import free_port, terminate
 
 FULL_SIZES = (10_000, 1_000_000)
 QUICK_SIZES = (10_000,)
@@ -257,12 +259,7 @@ def running(argv: Sequence[str], port: int, env: dict[str, str]) -> Iterator[Non
             time.sleep(0.1)
         yield
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, timeout=30)
 
 
 def scrape_latency(
@@ -295,20 +292,8 @@ def scrape_latency(
     )
 
 
-def exporter_argv() -> list[str]:
-    script = Path(sys.executable).parent / "limpeza-exporter"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "exporter"]
-
-
-def postgres_cluster(base: Path) -> Any:
-    from tests.fixtures.postgres import PostgresServer, _bin_dir, _cluster_owner
-
-    base.chmod(0o755)
-    return PostgresServer(_bin_dir(), base, free_port(), _cluster_owner())
-
-
 def measure_size(
-    size: int, scratch: Path, server: Any, scrapes: int, naive_scrapes: int
+    size: int, scratch: Path, server: postgres.PostgresServer, scrapes: int, naive_scrapes: int
 ) -> list[Latency]:
     workdir = scratch / f"n{size}"
     workdir.mkdir()
@@ -325,7 +310,13 @@ def measure_size(
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LIMPEZA_DATABASE_URL": server.dsn()}
     results: list[Latency] = []
     port = free_port()
-    argv = [*exporter_argv(), "--config", str(config), "--web.listen-address", f"127.0.0.1:{port}"]
+    argv = [
+        *exporter_command(),
+        "--config",
+        str(config),
+        "--web.listen-address",
+        f"127.0.0.1:{port}",
+    ]
     with running([*argv, "--log.level", "warning"], port, env):
         results.append(
             scrape_latency("limpeza-exporter", port, scrapes, size, size, "limpeza_database_up 1.0")
@@ -380,17 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     scrapes, naive_scrapes = (50, 10) if args.quick else (500, 20)
     scratch = Path(tempfile.mkdtemp(prefix="limpeza-bench-scrape-", dir=args.scratch))
     scratch.chmod(0o755)  # the cluster may belong to an unprivileged user
-    (scratch / "pg").mkdir()
-    server = postgres_cluster(scratch / "pg")
     results: list[Latency] = []
     try:
-        server.init()
-        server.start()
-        for size in sizes:
-            results.extend(measure_size(size, scratch, server, scrapes, naive_scrapes))
+        with postgres.cluster("pg-", parent=scratch) as server:
+            for size in sizes:
+                results.extend(measure_size(size, scratch, server, scrapes, naive_scrapes))
     finally:
-        if server.running:
-            server.stop("immediate")
         subprocess.run(["rm", "-rf", "--one-file-system", str(scratch)], check=False)
 
     section = report(results, args.quick)

@@ -1,4 +1,7 @@
-"""Shared fixtures. Each module in tests/fixtures/ is a pytest plugin (real servers, trees)."""
+"""Shared fixtures. Each module in tests/fixtures/ is a pytest plugin (real servers, trees).
+
+The servers themselves are started by ``devtools``, which the demo and the benchmarks use too.
+"""
 
 from pathlib import Path
 

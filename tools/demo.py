@@ -14,14 +14,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import yaml
 
-from tests.fixtures.processes import free_port, terminate
+from devtools.process import free_port, terminate
 
 REPO = Path(__file__).resolve().parents[1]
 HOUR = 3600.0
@@ -224,25 +223,17 @@ def is_note(status: str) -> object:
 
 def whole_stack(stack: contextlib.ExitStack, base: Path) -> None:
     """PostgreSQL, the cleaner daemon, the exporter, Prometheus, Alertmanager, a webhook."""
-    from http.server import ThreadingHTTPServer
-
     import psycopg2
 
-    from tests.fixtures import alertmanager as am
-    from tests.fixtures import postgres as pg
-    from tests.fixtures import prometheus as prom
-    from tests.fixtures.limpeza_processes import LimpezaProcesses
+    from devtools import alertmanager as am
+    from devtools import postgres as pg
+    from devtools import prometheus as prom
+    from devtools.limpeza import LimpezaProcesses
 
     say("The whole stack, every server on 127.0.0.1")
     # The cluster's owner is unprivileged when the demo runs as root: it gets a
     # directory of its own that it can reach.
-    pg_base = Path(tempfile.mkdtemp(prefix="limpeza-demo-pg-"))
-    pg_base.chmod(0o755)
-    stack.callback(shutil.rmtree, pg_base, True)
-    server = pg.PostgresServer(pg._bin_dir(), pg_base, free_port(), pg._cluster_owner())
-    server.init()
-    server.start()
-    stack.callback(server.stop, "immediate")
+    server = stack.enter_context(pg.cluster("limpeza-demo-pg-"))
     with contextlib.closing(server.connect()) as conn, conn.cursor() as cur:
         cur.execute("CREATE ROLE demo LOGIN PASSWORD 'demo-password'")
         cur.execute("CREATE DATABASE app OWNER demo")
@@ -270,11 +261,7 @@ def whole_stack(stack: contextlib.ExitStack, base: Path) -> None:
         conn.commit()
     print(f"PostgreSQL on 127.0.0.1:{server.port}: 9 jobs 'running' (3 ghosts for 10 min)")
 
-    hook = am.WebhookServer(free_port())
-    httpd = ThreadingHTTPServer(("127.0.0.1", hook.port), am._handler_for(hook))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    stack.callback(httpd.server_close)
-    stack.callback(httpd.shutdown)
+    hook = stack.enter_context(am.serve_webhook())
 
     procs = LimpezaProcesses(base / "run", env={"LIMPEZA_DATABASE_URL": dsn})
     procs.base.mkdir()
@@ -306,8 +293,8 @@ def whole_stack(stack: contextlib.ExitStack, base: Path) -> None:
     stack.callback(prometheus.stop)
     print(f"the cleaner daemon runs every 5s; running jobs go stale after {DEMO_STALE_RUNNING}")
     print(f"  exporter      http://{exporter.address}/metrics")
-    print(f"  Prometheus    {prometheus.url}/alerts")
-    print(f"  Alertmanager  {alertmanager.url}")
+    print(f"  Prometheus    {prometheus.url('/alerts')}")
+    print(f"  Alertmanager  {alertmanager.url()}")
     print(f"(the demo's copy of the rules waits {DEMO_FOR} instead of 1m before paging)")
 
     say("Waiting for the page: more than 5 jobs active")
@@ -321,7 +308,8 @@ def whole_stack(stack: contextlib.ExitStack, base: Path) -> None:
     say("Waiting for the resolved notification")
     wait_pages(hook, is_note("resolved"), seen, 120)
     print(
-        f"\nlook around: {prometheus.url}/graph?g0.expr=limpeza_jobs_active and {alertmanager.url}"
+        f"\nlook around: {prometheus.url('/graph?g0.expr=limpeza_jobs_active')} "
+        f"and {alertmanager.url()}"
     )
     if sys.stdin.isatty():
         print("Ctrl-C stops everything.")

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures.nspawn import Target, boot_targets, free_port
-from tests.fixtures.postgres import JobsDatabase, PostgresServer, fresh_jobs_database
+from devtools.nspawn import Target, boot_targets
+from devtools.postgres import JobsDatabase, PostgresServer, fresh_jobs_database
+from devtools.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["limpeza-a", "limpeza-b"]

@@ -1,0 +1,444 @@
+"""Real Debian 12 hosts: debootstrap once, then systemd-nspawn per target.
+
+The root file system is built with ``debootstrap`` from the mirror this machine's apt uses
+(else deb.debian.org) and cached as a tarball in ``$LIMPEZA_TEST_CACHE`` (default
+/var/cache/limpeza-tests), keyed by the suite and the package list, so only the first run
+pays for the build. Each target is a fresh copy of that tarball, booted with systemd as PID
+1 by ``systemd-nspawn --boot`` inside a cgroup of its own, in the host's network namespace:
+its sshd listens on a free port of 127.0.0.1 and accepts a given key. ``shutdown()`` powers
+it off (killed if it does not stop) and removes its cgroups, files and ssh connections.
+
+It needs root, debootstrap and systemd-nspawn; ``host_problem()`` says what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devtools.process import free_port
+
+SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+#: What a target needs: systemd as init, sshd for Ansible, Python with venv for the
+#: bundle, iproute2/procps for the checks, and Prometheus (promtool) for the alerts role.
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "python3",
+    "python3-venv",
+    "sudo",
+    "iproute2",
+    "procps",
+    "prometheus",
+)
+CACHE_ENV = "LIMPEZA_TEST_CACHE"
+DEFAULT_CACHE = Path("/var/cache/limpeza-tests")
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"))
+BOOT_TIMEOUT = 120.0
+#: For debootstrap and for packing or unpacking the root file system.
+BUILD_TIMEOUT = 1800.0
+SSH_OPTIONS = (
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=10",
+)
+
+
+# --------------------------------------------------------------------------- the image
+
+
+def apt_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this machine's apt uses for the main archive, else deb.debian.org."""
+    uris: list[str] = []
+    sources = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*"))]
+    for path in sources:
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if path.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                fields = dict(
+                    (m.group(1).lower(), m.group(2).strip())
+                    for m in re.finditer(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.M)
+                )
+                if (
+                    "deb" in fields.get("types", "").split()
+                    and SUITE in fields.get("suites", "").split()
+                ):
+                    uris.extend(fields.get("uris", "").split())
+        elif path.suffix == ".list" or path.name == "sources.list":
+            for line in text.splitlines():
+                words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
+                if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+                    uris.append(words[1])
+    for uri in uris:
+        if uri.startswith(("http://", "https://")) and not uri.rstrip("/").endswith("-security"):
+            return uri.rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
+def image_key() -> str:
+    return hashlib.sha256(f"{SUITE}\n{','.join(sorted(PACKAGES))}\n".encode()).hexdigest()[:16]
+
+
+def image_tarball(cache: Path | None = None) -> Path:
+    """The cached root tarball, built first if missing (one builder at a time)."""
+    cache = cache or cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    tarball = cache / f"debian-{SUITE}-{image_key()}.tar"
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not tarball.exists():
+            _build_image(cache, tarball)
+    return tarball
+
+
+def _build_image(cache: Path, tarball: Path) -> None:
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=cache))
+    root = work / "root"
+    try:
+        mirror = apt_mirror()
+        result = subprocess.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(PACKAGES)}",
+                SUITE,
+                str(root),
+                mirror,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            log = root / "debootstrap" / "debootstrap.log"
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(
+                f"debootstrap from {mirror} failed ({result.returncode}):\n"
+                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{tail}"
+            )
+        # A fresh identity per boot: systemd writes a machine id, sshd keys are made per
+        # target, and the build host's name and resolver do not leak into the image.
+        (root / "etc" / "machine-id").write_text("", encoding="utf-8")
+        for key in (root / "etc" / "ssh").glob("ssh_host_*"):
+            key.unlink()
+        (root / "etc" / "hostname").write_text("localhost\n", encoding="utf-8")
+        with contextlib.suppress(FileNotFoundError):
+            (root / "etc" / "resolv.conf").unlink()
+        shutil.rmtree(root / "var" / "cache" / "apt" / "archives", ignore_errors=True)
+        partial = tarball.with_suffix(".partial")
+        subprocess.run(
+            ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(partial), "."],
+            check=True,
+            capture_output=True,
+            timeout=BUILD_TIMEOUT,
+        )
+        partial.rename(tarball)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the targets
+
+
+def host_problem() -> str | None:
+    """Why this machine cannot run the host tier, or None when it can."""
+    if os.geteuid() != 0:
+        return "must run as root (systemd-nspawn and debootstrap need it)"
+    missing = [
+        tool
+        for tool in ("debootstrap", "systemd-nspawn", "ssh", "ssh-keygen", "tar")
+        if shutil.which(tool) is None
+    ]
+    if missing:
+        return f"missing {', '.join(missing)} (`make packages` installs them)"
+    if (
+        not any((root / "cgroup.procs").exists() for root in CGROUP_ROOTS[:1])
+        and not Path("/sys/fs/cgroup/cgroup.procs").exists()
+    ):
+        return "no cgroup v2 hierarchy mounted"
+    return None
+
+
+@dataclass
+class Target:
+    """One booted Debian host reachable as root over ssh on 127.0.0.1."""
+
+    name: str
+    base: Path
+    ssh_port: int
+    key: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    cgroups: list[Path] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def console_log(self) -> Path:
+        return self.base / "console.log"
+
+    @property
+    def control_path(self) -> Path:
+        return self.base / "ssh-control"
+
+    def ssh_args(self) -> list[str]:
+        return [
+            "ssh",
+            *SSH_OPTIONS,
+            "-i",
+            str(self.key),
+            "-p",
+            str(self.ssh_port),
+            "root@127.0.0.1",
+        ]
+
+    def ssh(
+        self, command: str, *, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs a shell command on the target as root."""
+        result = subprocess.run(
+            [*self.ssh_args(), command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{self.name}: `{command}` exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def testinfra(self) -> Any:
+        """A testinfra host over ssh (one multiplexed connection, closed at tear-down)."""
+        import testinfra
+
+        extra = " ".join(
+            [
+                *SSH_OPTIONS,
+                "-o",
+                "ControlMaster=auto",
+                "-o",
+                "ControlPersist=120s",
+                "-o",
+                f"ControlPath={self.control_path}",
+            ]
+        )
+        return testinfra.get_host(
+            f"ssh://root@127.0.0.1:{self.ssh_port}",
+            ssh_identity_file=str(self.key),
+            ssh_extra_args=extra,
+            controlpersist=0,
+        )
+
+    def journal(self, unit: str, lines: int = 60) -> str:
+        result = self.ssh(f"journalctl -u {unit} -n {lines} --no-pager", check=False)
+        return result.stdout + result.stderr
+
+    # ---------------------------------------------------------------- life cycle
+
+    def unpack(self, tarball: Path) -> None:
+        self.root.mkdir(mode=0o755)
+        subprocess.run(
+            ["tar", "--numeric-owner", "--xattrs", "-C", str(self.root), "-xf", str(tarball)],
+            check=True,
+            capture_output=True,
+            timeout=BUILD_TIMEOUT,
+        )
+        etc = self.root / "etc"
+        (etc / "hostname").write_text(f"{self.name}\n", encoding="utf-8")
+        hosts = etc / "hosts"
+        hosts.write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{self.name}\n", encoding="utf-8")
+        ssh_dir = self.root / "root" / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(
+            Path(f"{self.key}.pub").read_text(encoding="utf-8"), encoding="utf-8"
+        )
+        (ssh_dir / "authorized_keys").chmod(0o600)
+        (etc / "ssh" / "sshd_config.d" / "limpeza-test.conf").write_text(
+            f"Port {self.ssh_port}\nListenAddress 127.0.0.1\nPasswordAuthentication no\n"
+            "PermitRootLogin prohibit-password\nUseDNS no\n",
+            encoding="utf-8",
+        )
+        subprocess.run(
+            ["ssh-keygen", "-q", "-A", "-f", str(self.root)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def boot(self) -> None:
+        """Starts systemd-nspawn in a cgroup of its own; returns at once."""
+        cgroup_name = f"limpeza-test-{self.name}-{os.getpid()}"
+        for hierarchy in CGROUP_ROOTS:
+            if (hierarchy / "cgroup.procs").exists():
+                path = hierarchy / cgroup_name
+                path.mkdir()
+                self.cgroups.append(path)
+        cgroups = list(self.cgroups)
+
+        def enter_cgroup() -> None:
+            for path in cgroups:
+                (path / "cgroup.procs").write_text(str(os.getpid()), encoding="ascii")
+
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1",
+        }
+        with self.console_log.open("wb") as console:
+            self.process = subprocess.Popen(
+                [
+                    "systemd-nspawn",
+                    "--boot",
+                    "--register=no",
+                    "--keep-unit",
+                    "--quiet",
+                    "--console=read-only",
+                    "--link-journal=no",
+                    f"--machine={self.name}",
+                    f"--directory={self.root}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=enter_cgroup,  # before exec: only writes cgroup.procs
+            )
+
+    def wait_ready(self, timeout: float = BOOT_TIMEOUT) -> str:
+        """Waits until sshd answers and systemd reports running (or degraded)."""
+        deadline = time.monotonic() + timeout
+        state = "no answer"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name}: systemd-nspawn exited {self.process.returncode}:\n"
+                    + self.console_log.read_text(errors="replace")[-3000:]
+                )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                result = self.ssh("systemctl is-system-running", check=False, timeout=15)
+                state = result.stdout.strip() or result.stderr.strip()
+                if state in ("running", "degraded"):
+                    return state
+            time.sleep(0.3)
+        raise RuntimeError(
+            f"{self.name}: not ready after {timeout:.0f}s (last: {state}):\n"
+            + self.console_log.read_text(errors="replace")[-3000:]
+        )
+
+    def shutdown(self, timeout: float = 30) -> None:
+        """Powers the target off (SIGKILL to the whole cgroup if it hangs), then cleans up."""
+        with contextlib.suppress(Exception):
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={self.control_path}", "-O", "exit", "x"],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+        if self.process is not None and self.process.poll() is None:
+            # systemd-nspawn --boot turns SIGTERM into an orderly poweroff of the container.
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._kill_cgroups()
+                self.process.kill()
+                self.process.wait(10)
+        self._kill_cgroups()
+        self._remove_cgroups()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def _pids(self) -> set[int]:
+        pids: set[int] = set()
+        for top in self.cgroups:
+            for procs in top.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError):
+                    pids.update(int(p) for p in procs.read_text().split())
+        return pids
+
+    def _kill_cgroups(self) -> None:
+        for _ in range(50):
+            pids = self._pids()
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+
+    def _remove_cgroups(self) -> None:
+        for top in self.cgroups:
+            if not top.exists():
+                continue
+            for path in sorted(
+                (p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)
+            ):
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
+
+
+def boot_targets(
+    names: list[str],
+    key: Path,
+    workdir: Path,
+    prepare: Callable[[Target], None] | None = None,
+) -> list[Target]:
+    """Unpacks and boots one target per name (in parallel) and waits until all are up.
+
+    ``prepare`` may change a target's files before it boots. On failure every target
+    already started is shut down.
+    """
+    tarball = image_tarball()
+    targets: list[Target] = []
+    try:
+        for name in names:
+            base = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+            base.chmod(0o755)
+            target = Target(name=name, base=base, ssh_port=free_port(), key=key)
+            targets.append(target)
+            target.unpack(tarball)
+            if prepare is not None:
+                prepare(target)
+            target.boot()
+        for target in targets:
+            target.wait_ready()
+    except BaseException:
+        for target in targets:
+            target.shutdown()
+        raise
+    return targets
