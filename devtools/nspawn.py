@@ -1,7 +1,7 @@
 """Real Debian 12 hosts: debootstrap once, then systemd-nspawn per target.
 
 The root file system is built with ``debootstrap`` from the mirror this machine's apt uses
-(else deb.debian.org) and cached as a tarball in ``$LIMPEZA_TEST_CACHE`` (default
+(else deb.debian.org) and cached as a tarball in ``$LIMPEZADEV_IMAGE_CACHE`` (default
 /var/cache/limpeza-tests), keyed by the suite and the package list, so only the first run
 pays for the build. Each target is a fresh copy of that tarball, booted with systemd as PID
 1 by ``systemd-nspawn --boot`` inside a cgroup of its own, in the host's network namespace:
@@ -46,7 +46,7 @@ PACKAGES = (
     "procps",
     "prometheus",
 )
-CACHE_ENV = "LIMPEZA_TEST_CACHE"
+CACHE_ENV = "LIMPEZADEV_IMAGE_CACHE"
 DEFAULT_CACHE = Path("/var/cache/limpeza-tests")
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"))
 BOOT_TIMEOUT = 120.0
