@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +135,13 @@ def carries(notification: Notification, name: str, severity: str) -> bool:
     )
 
 
+def mentions(notification: Notification, name: str, directory: str) -> bool:
+    return any(
+        a["labels"].get("alertname") == name and a["labels"].get("directory") == directory
+        for a in notification.alerts
+    )
+
+
 def test_critical_pages_and_warning_tickets(
     alertmanager_factory: AlertmanagerFactory, webhook_server: WebhookServer
 ) -> None:
@@ -222,8 +228,23 @@ def test_critical_inhibits_the_warning_of_the_same_alert(
         ),
         what="ticket for the other directory",
     )
-    # Both notifications are out; give the suppressed ones a few group intervals more.
-    time.sleep(3)
+    # Positive control: one more warning in each group that holds a suppressed alert,
+    # for a directory no critical covers. A group's notification carries every alert of the
+    # group that is not muted, so once both controls have arrived, a suppressed warning
+    # that was not muted would have been sent with them.
+    control = "/srv/app/control"
+    am.post_alerts(
+        [
+            alert("LimpezaFilesystemSpaceLow", "warning", directory=control),
+            alert("LimpezaFilesystemFillingUp", "warning", directory=control),
+        ]
+    )
+    webhook_server.wait_for(
+        lambda n: mentions(n, "LimpezaFilesystemSpaceLow", control), what="SpaceLow control"
+    )
+    webhook_server.wait_for(
+        lambda n: mentions(n, "LimpezaFilesystemFillingUp", control), what="FillingUp control"
+    )
     for notification in webhook_server.received():
         for sent in notification.alerts:
             labels = sent["labels"]
