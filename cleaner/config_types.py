@@ -43,7 +43,9 @@ class DatabaseConfig:
     table: str
     id_column: str
     status_column: str
-    timestamp_column: str
+    #: The job's last sign of life, first non-NULL wins (``COALESCE``), e.g. heartbeat_at,
+    #: updated_at, created_at.
+    timestamp_columns: tuple[str, ...]
     active_statuses: tuple[str, ...]
     error_status: str
     error_message_column: str | None
@@ -51,6 +53,8 @@ class DatabaseConfig:
     lock_timeout: float
     statement_timeout: float
     connect_timeout: float
+    #: The zone ``timestamp without time zone`` columns are written in (an IANA name).
+    timestamp_timezone: str = "UTC"
     #: From $LIMPEZA_DATABASE_URL only; never from the YAML file.
     dsn: str | None = field(default=None, repr=False)
 

@@ -87,6 +87,8 @@ class State:
     errors: dict[str, int] = field(default_factory=dict)
     jobs_reaped: dict[str, dict[str, int]] = field(default_factory=dict)
     force_cleans: int = 0
+    #: Database reaping cycles skipped because another cleaner held the reaper lock.
+    reaps_skipped: int = 0
     sweeps: int = 0
     last_sweep_start: float | None = None
     last_sweep_end: float | None = None
@@ -123,6 +125,7 @@ class State:
             for status, amount in per_status.items():
                 self.count_reaped(source, status, amount)
         self.force_cleans += delta.force_cleans
+        self.reaps_skipped += delta.reaps_skipped
         self.sweeps += delta.sweeps
         for name in (
             "last_sweep_start",
@@ -149,6 +152,7 @@ class State:
             "errors": self.errors,
             "jobs_reaped": self.jobs_reaped,
             "force_cleans": self.force_cleans,
+            "reaps_skipped": self.reaps_skipped,
             "sweeps": self.sweeps,
             "last_sweep_start": self.last_sweep_start,
             "last_sweep_end": self.last_sweep_end,
@@ -183,6 +187,7 @@ class State:
             errors=_count_map(raw.get("errors")),
             jobs_reaped={str(k): _count_map(v) for k, v in reaped.items()},
             force_cleans=int(raw.get("force_cleans") or 0),
+            reaps_skipped=int(raw.get("reaps_skipped") or 0),
             sweeps=int(raw.get("sweeps") or 0),
             last_sweep_start=_opt_float(raw.get("last_sweep_start")),
             last_sweep_end=_opt_float(raw.get("last_sweep_end")),

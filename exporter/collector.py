@@ -96,7 +96,11 @@ class DatabaseProbe:
         if not self._lock.acquire(timeout=self.timeout + self.db.connect_timeout):
             return None, "another scrape is still waiting for the database"
         try:
-            counts = self._kept.run(lambda c: count_database(c, self.db, self.stale_after))
+            counts = self._kept.run(
+                lambda c: count_database(
+                    c, self.db, self.stale_after, statement_timeout=self.timeout
+                )
+            )
         except DatabaseError as exc:
             # The database answered but the count failed (a missing table, a timeout): the
             # connection may be in any state, so the next scrape starts on a fresh one.
@@ -336,6 +340,12 @@ class LimpezaCollector(Collector):
             "limpeza_force_cleans",
             "Force-cleans (every active job ended at once) the cleaner ran, from its state file.",
             value=state.force_cleans,
+        )
+        yield CounterMetricFamily(
+            "limpeza_jobs_reap_skipped",
+            "Cycles whose database reaping was skipped because another cleaner held the "
+            "reaper lock, from the state file.",
+            value=state.reaps_skipped,
         )
         yield CounterMetricFamily(
             "limpeza_sweeps",

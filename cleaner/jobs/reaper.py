@@ -22,9 +22,9 @@ from cleaner.jobs import cache
 from cleaner.jobs.database import (
     Connection,
     KeptConnection,
+    ReaperLockHeldError,
     count_database,
     end_jobs,
-    reaper_lock,
     run_step,
     stats_since,
 )
@@ -190,22 +190,29 @@ class JobReaper:
         assert db is not None and self._database is not None
 
         def reap(conn: Connection) -> None:
-            with reaper_lock(conn, db) as got:
-                report.database_locked = got
-                if not got:
-                    log.debug("database: another cleaner holds the reaper lock; skipping")
+            # Each batch is one transaction that takes the reaper lock with
+            # pg_try_advisory_xact_lock first: nothing is held between transactions, so a
+            # transaction-mode pooler can hand the server connection to the API safely.
+            for status in db.active_statuses:
+                limit = self.config.stale_after[status]
+                reason = (
+                    f"stale: {status} with no update for over {format_duration(limit)} "
+                    "(reaped by limpeza)"
+                )
+
+                def done(n: int, status: str = status) -> None:
+                    report.database_reaped[status] = report.database_reaped.get(status, 0) + n
+
+                try:
+                    end_jobs(conn, db, status, limit, reason, progress=done, lock=True)
+                except ReaperLockHeldError:
+                    if report.database_locked is None:
+                        report.database_locked = False
+                        log.debug("database: another cleaner holds the reaper lock; skipping")
+                    else:
+                        log.debug("database: another cleaner took the reaper lock; stopping")
                     return
-                for status in db.active_statuses:
-                    limit = self.config.stale_after[status]
-                    reason = (
-                        f"stale: {status} with no update for over {format_duration(limit)} "
-                        "(reaped by limpeza)"
-                    )
-
-                    def done(n: int, status: str = status) -> None:
-                        report.database_reaped[status] = report.database_reaped.get(status, 0) + n
-
-                    end_jobs(conn, db, status, limit, reason, progress=done)
+                report.database_locked = True
 
         run_step(self._database, report.errors, "reaping", reap)
         if report.database_reaped:

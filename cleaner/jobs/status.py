@@ -1,7 +1,10 @@
 """The jobs part of ``limpeza-cleaner status``: what each source says right now.
 
 Per source (database, cache, API): jobs per status, active and stale counts, or why the
-source could not be read; for the database also whether an index serves the stale query.
+source could not be read; for the database also whether an index serves the stale query
+and the index to create (an expression index when there are several timestamp columns or
+the status column is an ENUM). Every query is its own transaction: nothing is left set on
+the connection, which a pooler may hand to the API next.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from cleaner.jobs.database import (
     describe_error,
     recommended_index,
     stale_query_index,
+    status_column_type,
 )
 
 
@@ -58,6 +62,7 @@ def jobs_status(config: JobsConfig, *, now: float, application_name: str) -> dic
                     active=counts.active,
                     stale=counts.stale,
                     index=stale_query_index(conn, db, stale_after),
+                    recommended_index=recommended_index(db, status_column_type(conn, db)),
                 )
             except psycopg2.Error as exc:
                 database["error"] = describe_error(exc, db)

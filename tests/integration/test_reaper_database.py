@@ -9,7 +9,13 @@ from typing import Any
 import psycopg2
 import pytest
 
-from cleaner.jobs.database import advisory_key, connect, count_database
+from cleaner.jobs.database import (
+    advisory_key,
+    connect,
+    count_database,
+    stale_query_index,
+    transaction,
+)
 from cleaner.jobs.force_clean import FORCE_CLEAN_REASON
 from cleaner.state import State
 from tests.fixtures.postgres import JobsDatabase
@@ -464,17 +470,29 @@ def test_count_database_is_one_query_on_the_servers_clock(jobs_db: JobsDatabase)
     assert counts.active == 6
 
 
-def test_connect_sets_the_timeouts(jobs_db: JobsDatabase) -> None:
+def test_connect_sets_nothing_for_the_session_each_transaction_sets_its_limits(
+    jobs_db: JobsDatabase,
+) -> None:
     config = jobs_db.config({"database": {"lock_timeout": "1500ms", "statement_timeout": "4s"}})
-    assert config.jobs.database is not None
-    conn = connect(config.jobs.database, application_name="limpeza-test")
+    db = config.jobs.database
+    assert db is not None
+    conn = connect(db, application_name="limpeza-test")
+    settings = (
+        "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'), "
+        "current_setting('enable_seqscan'), current_setting('application_name')"
+    )
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'), "
-                "current_setting('application_name')"
-            )
-            assert cur.fetchone() == ("1500ms", "4s", "limpeza-test")
+            cur.execute(settings)
+            assert cur.fetchone() == ("0", "0", "on", "limpeza-test")
+        with transaction(conn, db, commit=False, settings={"enable_seqscan": "off"}) as cur:
+            cur.execute(settings)
+            assert cur.fetchone() == ("1500ms", "4s", "off", "limpeza-test")
+        count_database(conn, db, config.jobs.stale_after)
+        stale_query_index(conn, db, config.jobs.stale_after)
+        with conn.cursor() as cur:
+            cur.execute(settings)
+            assert cur.fetchone() == ("0", "0", "on", "limpeza-test")
     finally:
         conn.close()
 
