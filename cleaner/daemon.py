@@ -3,6 +3,11 @@
 SIGTERM and SIGINT stop it after the current file; SIGHUP reloads the configuration
 (an invalid new file is logged and the old one kept). An exception in one cycle is
 logged and counted, never fatal.
+
+The job reaper's cycle runs in a daemon thread (``JobsCycle``), so a frozen database can
+never hold up the file sweep nor a stop: each cycle waits for it at most half an interval;
+one that is still running then finishes in the background, later cycles skip the jobs stage
+meanwhile (counted as a ``jobs`` error), and its report is applied once it is done.
 """
 
 from __future__ import annotations
@@ -69,7 +74,6 @@ def apply_jobs(delta: State, report: CycleReport) -> None:
         for status, n in counts.items():
             delta.count_reaped(source, status, n)
     apply_errors(delta, report.errors)
-    delta.reaps_skipped += int(report.database_locked is False)
     if report.database_up is not None:
         delta.database_up = report.database_up
     delta.jobs_active = report.jobs_active
@@ -87,6 +91,30 @@ def apply_cycle(delta: State, *, started: float, ended: float, duration: float, 
     delta.last_sweep_duration = duration
     if ok:
         delta.last_success = ended
+
+
+class JobsCycle:
+    """One cycle of a job reaper running in a daemon thread; ``report()`` once ``done``."""
+
+    def __init__(self, reaper: JobReaper) -> None:
+        self.reaper = reaper
+        self.done = threading.Event()
+        self._report: CycleReport | None = None
+        threading.Thread(target=self._run, name="limpeza-jobs", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._report = self.reaper.cycle()
+        finally:
+            self.done.set()
+
+    def report(self) -> CycleReport:
+        """What the cycle did (it has ended)."""
+        if self._report is not None:
+            return self._report
+        report = CycleReport()  # cycle() never raises; a crash of its thread is still counted
+        report.errors.add("jobs", "jobs: the reaper's thread died")
+        return report
 
 
 class Daemon:
@@ -115,6 +143,9 @@ class Daemon:
         self._totals = State()
         #: Lets a sweep skip directories that provably hold nothing new nor expired.
         self.memory = SweepMemory(full_sweep_every)
+        #: The job reaper's cycle in its thread, until its report is applied.
+        self._jobs: JobsCycle | None = None
+        self._jobs_behind = False
 
     # -- signals: set a flag and wake the loop; the loop does the work -------------------
 
@@ -166,6 +197,11 @@ class Daemon:
 
     def _close_parts(self) -> None:
         self.audit.close()
+        if self._jobs is not None and self._jobs.reaper is self.reaper:
+            # Still in use by its thread (closing would wait for it): the next _collect
+            # closes it, or the process exits without it.
+            log.info("leaving the running jobs cycle behind")
+            return
         self.reaper.close()
 
     def reload(self) -> None:
@@ -205,7 +241,7 @@ class Daemon:
             log.exception("file sweep failed")
             self.delta.count_error("files")
             ok = False
-        apply_jobs(self.delta, self.reaper.cycle())
+        self._jobs_stage(deadline=time.monotonic() + self.config.interval / 2)
         apply_cycle(
             self.delta,
             started=start,
@@ -219,6 +255,42 @@ class Daemon:
         self._save()
         if self.cycles % STATS_EVERY == 0:
             self._log_stats()
+
+    def _jobs_stage(self, deadline: float) -> None:
+        """Starts the reaper's cycle and waits for it until ``deadline`` (or a stop).
+
+        While the previous one still runs, this cycle's jobs stage is skipped and counted.
+        """
+        self._collect()
+        if self._jobs is not None:
+            if not self._jobs_behind:
+                log.warning(
+                    "jobs stage skipped: the previous jobs cycle is still running (database "
+                    "frozen or unreachable?); files are swept on schedule meanwhile"
+                )
+                self._jobs_behind = True
+            skipped = StageErrors()
+            skipped.add("jobs", "jobs: the previous jobs cycle is still running")
+            apply_errors(self.delta, skipped)
+            return
+        if self._jobs_behind:
+            log.info("jobs stage back on schedule")
+            self._jobs_behind = False
+        running = self._jobs = JobsCycle(self.reaper)
+        while not self._stop:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or running.done.wait(min(remaining, 0.25)):
+                break
+        self._collect()
+
+    def _collect(self) -> None:
+        """Applies the report of a jobs cycle that has ended (and closes a replaced reaper)."""
+        if self._jobs is None or not self._jobs.done.is_set():
+            return
+        ended, self._jobs = self._jobs, None
+        apply_jobs(self.delta, ended.report())
+        if ended.reaper is not self.reaper:
+            ended.reaper.close()
 
     def _save(self) -> None:
         try:

@@ -10,11 +10,16 @@ uses once at once, and logs one line when the database goes down and one when it
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import hashlib
 import json
 import logging
 import math
+import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -66,24 +71,178 @@ def describe_error(exc: BaseException, db: DatabaseConfig) -> str:
     return _scrub(text, db.dsn or "")
 
 
+#: A statement gets this long past its server-side ``statement_timeout`` before the client
+#: cancels it, and the cancel this long before the socket is shut down (a frozen server).
+STATEMENT_MARGIN = 1.0
+CANCEL_GRACE = 1.0
+#: The client-side deadline of a statement when ``statement_timeout`` is 0 (none).
+UNLIMITED_STATEMENT = 300.0
+
+
+def statement_deadline(statement_timeout: float) -> float:
+    """How long one statement may wait for the server before the client cancels it."""
+    base = statement_timeout if statement_timeout > 0 else UNLIMITED_STATEMENT
+    return base + STATEMENT_MARGIN
+
+
+def connection_parameters(
+    db: DatabaseConfig, *, application_name: str, statement_timeout: float | None = None
+) -> dict[str, Any]:
+    """libpq parameters that bound every wait on the network.
+
+    ``connect_timeout`` bounds connecting (per address; libpq's minimum is 2 s); TCP
+    keepalives and ``tcp_user_timeout`` drop a connection whose network path died. A
+    keepalive or tcp setting written in the DSN wins. A server that is frozen but whose
+    kernel still answers (SIGSTOP) passes all of these: ``GuardedConnection`` covers it.
+    """
+    timeout = db.statement_timeout if statement_timeout is None else statement_timeout
+    probe = max(1, math.ceil(db.connect_timeout))
+    network: dict[str, Any] = {
+        "keepalives": 1,
+        "keepalives_idle": probe,
+        "keepalives_interval": probe,
+        "keepalives_count": 3,
+        "tcp_user_timeout": math.ceil(1000 * (statement_deadline(timeout) + CANCEL_GRACE)),
+    }
+    given: set[str] = set()
+    with contextlib.suppress(psycopg2.Error):
+        given = set(psycopg2.extensions.parse_dsn(db.dsn or ""))
+    return {
+        "connect_timeout": max(2, math.ceil(db.connect_timeout)),
+        "application_name": application_name,
+        **{key: value for key, value in network.items() if key not in given},
+    }
+
+
+@functools.cache
+def _libpq() -> ctypes.CDLL | None:
+    """The libpq psycopg2 itself uses (its own copy in the binary wheel), for PQcancel."""
+    try:
+        lib = ctypes.CDLL(psycopg2._psycopg.__file__)
+        lib.PQgetCancel.argtypes = [ctypes.c_void_p]
+        lib.PQgetCancel.restype = ctypes.c_void_p
+        lib.PQcancel.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+        lib.PQcancel.restype = ctypes.c_int
+        lib.PQfreeCancel.argtypes = [ctypes.c_void_p]
+        lib.PQfreeCancel.restype = None
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+def _send_cancel(lib: ctypes.CDLL, handle: int) -> None:
+    """PQcancel, which waits for the server's answer; ctypes lets go of the GIL meanwhile."""
+    errbuf = ctypes.create_string_buffer(256)
+    try:
+        lib.PQcancel(handle, errbuf, len(errbuf))
+    finally:
+        lib.PQfreeCancel(handle)
+
+
+class GuardedConnection(psycopg2.extensions.connection):
+    """A connection on which no statement waits for the server past ``deadline`` seconds.
+
+    Past the deadline the statement is cancelled; if the call has still not returned
+    ``CANCEL_GRACE`` later (the server is frozen, the cancel cannot reach it either), the
+    socket is shut down: the blocked call fails at once and the connection is closed.
+    ``timed_out`` says the deadline passed. The cancel is libpq's ``PQcancel`` called in a
+    thread of its own: psycopg2's ``cancel()`` holds the GIL while PQcancel waits for the
+    server, so a frozen server would freeze the whole process.
+    """
+
+    def __init__(self, dsn: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(dsn, *args, **kwargs)
+        #: Seconds a statement may wait for the server; None: no deadline.
+        self.deadline: float | None = None
+        self.timed_out = False
+        self.cursor_factory = _GuardedCursor
+        self._guard = threading.Lock()
+        # Our own handle on libpq's socket: shutting it down never hits a reused fd number.
+        self._socket = socket.socket(fileno=os.dup(self.fileno()))
+
+    @contextlib.contextmanager
+    def watched(self) -> Iterator[None]:
+        """Holds the deadline over one call into libpq."""
+        if self.deadline is None:
+            yield
+            return
+        done = threading.Event()
+        threading.Thread(
+            target=self._watch, args=(done, self.deadline), name="limpeza-db-deadline", daemon=True
+        ).start()
+        try:
+            yield
+        finally:
+            with self._guard:
+                done.set()
+
+    def _watch(self, done: threading.Event, deadline: float) -> None:
+        if done.wait(deadline):
+            return
+        lib = _libpq()
+        with self._guard:  # the statement cannot end, nor the connection close, meanwhile
+            if done.is_set():
+                return
+            self.timed_out = True
+            handle = lib.PQgetCancel(self.pgconn_ptr) if lib is not None else None
+        log.debug("database: no answer within %gs; cancelling the statement", deadline)
+        if lib is not None and handle:
+            threading.Thread(
+                target=_send_cancel, args=(lib, handle), name="limpeza-db-cancel", daemon=True
+            ).start()
+        if done.wait(CANCEL_GRACE):
+            return
+        with self._guard:
+            if not done.is_set():
+                log.debug("database: the cancel went unanswered; shutting the socket down")
+                with contextlib.suppress(OSError):
+                    self._socket.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        super().close()
+        self._socket.close()
+
+
+class _GuardedCursor(psycopg2.extensions.cursor):
+    """A cursor whose statements keep their connection's deadline."""
+
+    def execute(self, query: Any, vars: Any = None) -> None:
+        conn = self.connection
+        if not isinstance(conn, GuardedConnection):
+            return super().execute(query, vars)
+        with conn.watched():
+            return super().execute(query, vars)
+
+    def executemany(self, query: Any, vars_list: Any) -> None:
+        conn = self.connection
+        if not isinstance(conn, GuardedConnection):
+            return super().executemany(query, vars_list)
+        with conn.watched():
+            return super().executemany(query, vars_list)
+
+
 def connect(
     db: DatabaseConfig, *, application_name: str, statement_timeout: float | None = None
 ) -> Connection:
-    """An autocommit connection; it sets nothing for the session.
-
-    Through a transaction-mode pooler a session setting would stay on the server connection
-    for whoever gets it next (the API): every query of limpeza runs in a ``transaction()``
-    that sets its limits with ``SET LOCAL`` instead.
+    """An autocommit connection with connect, statement and lock timeouts set.
 
     Raises DatabaseDownError, whose message names the server but never the password.
     """
     if not db.dsn:
         raise DatabaseDownError("no DSN: $LIMPEZA_DATABASE_URL is not set")
+    timeout = db.statement_timeout if statement_timeout is None else statement_timeout
     try:
-        conn = psycopg2.connect(
+        conn: GuardedConnection = psycopg2.connect(
             db.dsn,
-            connect_timeout=max(2, math.ceil(db.connect_timeout)),
-            application_name=application_name,
+            connection_factory=GuardedConnection,
+            **connection_parameters(
+                db, application_name=application_name, statement_timeout=statement_timeout
+            ),
+        )
+        # Every statement gets a client-side deadline (GuardedConnection): a frozen server
+        # costs at most this, where its own statement_timeout could never fire.
+        conn.deadline = statement_deadline(
+            db.statement_timeout if statement_timeout is None else statement_timeout
         )
     except (psycopg2.Error, ValueError) as exc:
         raise DatabaseDownError(
@@ -91,6 +250,12 @@ def connect(
         ) from None
     try:
         conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT set_config('statement_timeout', %s, false), "
+                "set_config('lock_timeout', %s, false)",
+                (f"{int(timeout * 1000)}ms", f"{int(db.lock_timeout * 1000)}ms"),
+            )
     except psycopg2.Error as exc:
         conn.close()
         raise DatabaseDownError(
@@ -107,103 +272,16 @@ def _col(name: str) -> sql.Identifier:
     return sql.Identifier(name)
 
 
-def _status(db: DatabaseConfig) -> sql.Composable:
-    """The status column as text: ENUM, varchar and text columns all compare alike."""
-    return sql.SQL("{}::text").format(_col(db.status_column))
-
-
-def timestamp_expression(db: DatabaseConfig) -> sql.Composable:
-    """The job's last sign of life: ``COALESCE`` of the timestamp columns, in order.
-
-    A NULL in the first column (no heartbeat yet) falls back to the next one, so a dead
-    job is never hidden by a missing value.
-    """
-    columns = [_col(c) for c in db.timestamp_columns]
-    if len(columns) == 1:
-        return columns[0]
-    return sql.SQL("COALESCE({})").format(sql.SQL(", ").join(columns))
-
-
-def _ms(seconds: float) -> str:
-    return f"{max(1, int(seconds * 1000))}ms"
-
-
-@contextlib.contextmanager
-def transaction(
-    conn: Connection,
-    db: DatabaseConfig,
-    *,
-    statement_timeout: float | None = None,
-    commit: bool = True,
-    settings: Mapping[str, str] | None = None,
-) -> Iterator[psycopg2.extensions.cursor]:
-    """One transaction whose limits are set with ``SET LOCAL``; nothing outlives it.
-
-    Sets ``statement_timeout`` (default ``db.statement_timeout``), ``lock_timeout``,
-    ``idle_in_transaction_session_timeout`` and ``TimeZone`` (``db.timestamp_timezone``, so
-    a ``timestamp without time zone`` column compared with ``now()`` is read in that zone
-    whatever the server's or the role's TimeZone; ``timestamptz`` columns are instants and
-    do not care), then ``settings``. Commits at the end (rolls back with ``commit=False``
-    or on an error). Works on autocommit connections (explicit BEGIN) and on others.
-    Through a transaction-mode pooler the whole transaction runs on one server connection
-    and leaves it as it found it.
-    """
-    timeout = db.statement_timeout if statement_timeout is None else statement_timeout
-    limits = {
-        "statement_timeout": _ms(timeout),
-        "lock_timeout": _ms(db.lock_timeout),
-        # A client that stalls inside a transaction loses it (and the reaper lock with it).
-        "idle_in_transaction_session_timeout": _ms(max(timeout, db.lock_timeout) * 2),
-        "TimeZone": db.timestamp_timezone,
-        **(settings or {}),
-    }
-    explicit = conn.autocommit
-    with conn.cursor() as cur:
-        if explicit:
-            cur.execute("BEGIN")
-        done = False
-        try:
-            cur.execute(
-                sql.SQL("SELECT {}").format(
-                    sql.SQL(", ").join(
-                        sql.SQL("set_config({}, {}, true)").format(
-                            sql.Literal(name), sql.Literal(value)
-                        )
-                        for name, value in limits.items()
-                    )
-                )
-            )
-            yield cur
-            done = True
-        finally:
-            if not conn.closed:
-                if done and commit:
-                    if explicit:
-                        cur.execute("COMMIT")
-                    else:
-                        conn.commit()
-                else:
-                    with contextlib.suppress(psycopg2.Error):
-                        if explicit:
-                            cur.execute("ROLLBACK")
-                        else:
-                            conn.rollback()
-
-
 def count_database(
-    conn: Connection,
-    db: DatabaseConfig,
-    stale_after: Mapping[str, float],
-    *,
-    statement_timeout: float | None = None,
+    conn: Connection, db: DatabaseConfig, stale_after: Mapping[str, float]
 ) -> JobCounts:
-    """Jobs per active status and stale ones per active status, in one transaction.
+    """Jobs per active status and stale ones per active status, in one query.
 
     Staleness is judged by the server's clock (``now()``).
     """
     thresholds = [float(stale_after.get(s, math.inf)) for s in db.active_statuses]
-    case = sql.SQL("CASE {status} {whens} END").format(
-        status=_status(db),
+    case = sql.SQL("CASE {status}::text {whens} END").format(
+        status=_col(db.status_column),
         whens=sql.SQL(" ").join(
             sql.SQL("WHEN {} THEN {}").format(sql.Literal(s), sql.Literal(t))
             for s, t in zip(db.active_statuses, thresholds, strict=True)
@@ -212,19 +290,23 @@ def count_database(
         or sql.SQL("WHEN NULL THEN NULL"),
     )
     query = sql.SQL(
-        "SELECT {status}, count(*), "
+        "SELECT {status}::text, count(*), "
         "count(*) FILTER (WHERE {ts} < now() - make_interval(secs => {case})) "
         "FROM {table} WHERE {status} = ANY(%(active)s) GROUP BY 1"
-    ).format(status=_status(db), ts=timestamp_expression(db), case=case, table=_table(db))
+    ).format(
+        status=_col(db.status_column),
+        ts=_col(db.timestamp_column),
+        case=case,
+        table=_table(db),
+    )
     by_status = dict.fromkeys(db.active_statuses, 0)
     stale = dict.fromkeys(db.active_statuses, 0)
-    with transaction(conn, db, statement_timeout=statement_timeout, commit=False) as cur:
+    with conn.cursor() as cur:
         cur.execute(query, {"active": list(db.active_statuses)})
-        rows = cur.fetchall()
-    for status, total, stale_count in rows:
-        by_status[str(status)] = int(total)
-        if status in stale:
-            stale[str(status)] = int(stale_count)
+        for status, total, stale_count in cur.fetchall():
+            by_status[str(status)] = int(total)
+            if status in stale:
+                stale[str(status)] = int(stale_count)
     return JobCounts(by_status, stale)
 
 
@@ -234,28 +316,20 @@ def advisory_key(db: DatabaseConfig) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-class ReaperLockHeldError(Exception):
-    """Another cleaner holds the reaper lock (``pg_try_advisory_xact_lock`` said no)."""
-
-
-def take_reaper_lock(cur: psycopg2.extensions.cursor, db: DatabaseConfig) -> bool:
-    """Takes the reaper lock for the current transaction; False when another holds it.
-
-    A transaction-level advisory lock ends with its transaction: through a pooler it can
-    neither move to another server connection nor stay behind on one the API gets next.
-    """
-    cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (advisory_key(db),))
-    row = cur.fetchone()
-    return bool(row and row[0])
-
-
-def _match(db: DatabaseConfig, older_than: float | None) -> sql.Composable:
-    match = sql.SQL("{status} = %(status)s").format(status=_status(db))
-    if older_than is None:
-        return match
-    return sql.SQL("{match} AND {ts} < now() - make_interval(secs => %(secs)s)").format(
-        match=match, ts=timestamp_expression(db)
-    )
+@contextlib.contextmanager
+def reaper_lock(conn: Connection, db: DatabaseConfig) -> Iterator[bool]:
+    """Yields whether this session got the reaper lock; releases it afterwards."""
+    key = advisory_key(db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+        row = cur.fetchone()
+    got = bool(row and row[0])
+    try:
+        yield got
+    finally:
+        if got and not conn.closed:
+            with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 def end_jobs(
@@ -267,16 +341,12 @@ def end_jobs(
     *,
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
-    lock: bool = False,
 ) -> int:
     """Sets ``error_status`` on jobs in ``status`` older than ``older_than`` seconds.
 
     ``older_than=None`` ends them all. Works in batches of ``batch_size``, each one
-    transaction (with its own ``SET LOCAL`` limits) whose UPDATE skips rows the API holds
-    locked. With ``lock`` each batch's transaction first takes the reaper lock
-    (``take_reaper_lock``) and ``ReaperLockHeldError`` is raised when another cleaner has it
-    (after the batches already done were committed). Returns how many rows changed (or,
-    in a dry run, would change); ``progress`` hears of each batch.
+    statement (its own transaction) that skips rows the API holds locked. Returns how many
+    rows changed (or, in a dry run, would change); ``progress`` hears of each batch.
     """
     params: dict[str, Any] = {
         "status": status,
@@ -285,10 +355,14 @@ def end_jobs(
         "reason": reason,
         "batch": db.batch_size,
     }
-    match = _match(db, older_than)
+    match = sql.SQL("{status} = %(status)s").format(status=_col(db.status_column))
+    if older_than is not None:
+        match = sql.SQL("{match} AND {ts} < now() - make_interval(secs => %(secs)s)").format(
+            match=match, ts=_col(db.timestamp_column)
+        )
     table = _table(db)
     if dry_run:
-        with transaction(conn, db, commit=False) as cur:
+        with conn.cursor() as cur:
             cur.execute(
                 sql.SQL("SELECT count(*) FROM {table} WHERE {match}").format(
                     table=table, match=match
@@ -300,15 +374,13 @@ def end_jobs(
         if progress is not None and count:
             progress(count)
         return count
-    # psycopg2 sends %(error)s as an untyped literal, which the assignment turns into the
-    # column's own type: an ENUM label, varchar or text alike.
     assignments = [sql.SQL("{} = %(error)s").format(_col(db.status_column))]
     if db.error_message_column:
         assignments.append(sql.SQL("{} = %(reason)s").format(_col(db.error_message_column)))
     update = sql.SQL(
         "UPDATE {table} SET {assignments} WHERE {id} IN ("
         "SELECT {id} FROM {table} WHERE {match} LIMIT %(batch)s FOR UPDATE SKIP LOCKED"
-        ") AND {match}"
+        ") AND {match} RETURNING {id}"
     ).format(
         table=table,
         assignments=sql.SQL(", ").join(assignments),
@@ -317,9 +389,7 @@ def end_jobs(
     )
     total = 0
     while True:
-        with transaction(conn, db) as cur:
-            if lock and not take_reaper_lock(cur, db):
-                raise ReaperLockHeldError(total)
+        with conn.cursor() as cur:
             cur.execute(update, params)
             changed = cur.rowcount
         total += changed
@@ -332,43 +402,17 @@ def end_jobs(
 def stats_since(conn: Connection, db: DatabaseConfig, seconds: float) -> dict[str, int]:
     """Jobs per status whose timestamp is within the last ``seconds``."""
     query = sql.SQL(
-        "SELECT {status}, count(*) FROM {table} "
+        "SELECT {status}::text, count(*) FROM {table} "
         "WHERE {ts} >= now() - make_interval(secs => %s) GROUP BY 1 ORDER BY 1"
-    ).format(status=_status(db), table=_table(db), ts=timestamp_expression(db))
-    with transaction(conn, db, commit=False) as cur:
+    ).format(status=_col(db.status_column), table=_table(db), ts=_col(db.timestamp_column))
+    with conn.cursor() as cur:
         cur.execute(query, (seconds,))
         return {str(status): int(count) for status, count in cur.fetchall()}
 
 
-def recommended_index(db: DatabaseConfig, status_type: str | None = None) -> str:
-    """The index that serves the stale query and the count (README: the jobs table).
-
-    With several timestamp columns it is an expression index on their ``COALESCE``; with an
-    ENUM (or any type but text and varchar) status column, on ``(status::text)``, which is
-    what the queries compare.
-    """
-    status = db.status_column
-    if status_type is not None and status_type not in ("text", "character varying"):
-        status = f"({status}::text)"
-    if len(db.timestamp_columns) == 1:
-        ts = db.timestamp_columns[0]
-    else:
-        ts = f"(COALESCE({', '.join(db.timestamp_columns)}))"
-    return f"CREATE INDEX ON {db.table} ({status}, {ts})"
-
-
-def status_column_type(conn: Connection, db: DatabaseConfig) -> str | None:
-    """The status column's type (``text``, ``character varying``, an ENUM's name...)."""
-    with transaction(conn, db, commit=False) as cur:
-        cur.execute(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped",
-            (sql.Identifier(*db.table_parts).as_string(cur), db.status_column),
-        )
-        row = cur.fetchone()
-    if row is None:
-        return None
-    return str(row[0]).split("(")[0]
+def recommended_index(db: DatabaseConfig) -> str:
+    """The index that serves the stale query and the count (README: the jobs table)."""
+    return f"CREATE INDEX ON {db.table} ({db.status_column}, {db.timestamp_column})"
 
 
 _INDEX_NODES = ("Index Scan", "Index Only Scan", "Bitmap Index Scan")
@@ -379,18 +423,26 @@ def stale_query_index(
 ) -> dict[str, Any]:
     """Whether an index serves the stale query, from EXPLAIN with sequential scans off.
 
-    With ``enable_seqscan`` off (``SET LOCAL`` in a transaction that is rolled back) the
-    planner picks an index whenever one is usable, even on a small table. Returns
-    ``{"usable": bool, "indexes": [...], "covers_timestamp": bool}``.
+    With ``enable_seqscan`` off the planner picks an index whenever one is usable, even on
+    a small table. Returns ``{"usable": bool, "indexes": [...], "covers_timestamp": bool}``.
     """
     status = db.active_statuses[0]
-    query = sql.SQL("EXPLAIN (FORMAT JSON) SELECT {id} FROM {table} WHERE {match}").format(
-        id=_col(db.id_column), table=_table(db), match=_match(db, 0.0)
+    query = sql.SQL(
+        "EXPLAIN (FORMAT JSON) SELECT {id} FROM {table} WHERE {status} = %s "
+        "AND {ts} < now() - make_interval(secs => %s)"
+    ).format(
+        id=_col(db.id_column),
+        table=_table(db),
+        status=_col(db.status_column),
+        ts=_col(db.timestamp_column),
     )
-    params = {"status": status, "secs": float(stale_after.get(status, 0.0))}
-    with transaction(conn, db, commit=False, settings={"enable_seqscan": "off"}) as cur:
-        cur.execute(query, params)
-        row = cur.fetchone()
+    with conn.cursor() as cur:
+        cur.execute("SET enable_seqscan = off")
+        try:
+            cur.execute(query, (status, float(stale_after.get(status, 0.0))))
+            row = cur.fetchone()
+        finally:
+            cur.execute("RESET enable_seqscan")
     plan = row[0] if row else []
     if isinstance(plan, str):
         plan = json.loads(plan)
@@ -400,7 +452,7 @@ def stale_query_index(
         if node.get("Node Type") in _INDEX_NODES:
             indexes.append(str(node.get("Index Name")))
             cond = str(node.get("Index Cond", ""))
-            covers = covers or any(c in cond for c in db.timestamp_columns)
+            covers = covers or db.timestamp_column in cond
     return {"usable": bool(indexes), "indexes": indexes, "covers_timestamp": covers}
 
 
@@ -423,6 +475,10 @@ class KeptConnection:
     ``DatabaseError`` when a statement failed on a live connection. A kept connection found
     dead (the server restarted since the last use) is replaced once at once, so a restart
     between two uses costs nothing. The backoff doubles from 1 s up to ``max_backoff``.
+    No call waits on the server without a deadline: connecting is bounded by
+    ``connect_timeout``, each statement of ``work`` by ``statement_deadline`` (see
+    ``GuardedConnection``); a statement that outlives it (a frozen server or pooler) makes
+    ``run`` raise ``DatabaseDownError`` without trying to connect again at once.
     Unless ``log_changes`` is off (the caller logs its own), it logs one warning when the
     database goes down and one line when it is back.
     """
@@ -447,8 +503,6 @@ class KeptConnection:
         self._failures = 0
         self._retry_at = 0.0
         self._reason = ""
-        #: The last failure of each step (``run_step``'s ``doing``), to log it once.
-        self.step_problems: dict[str, str] = {}
         #: True after a successful connect, False after a failed one, None before any.
         self.up: bool | None = None
 
@@ -456,14 +510,21 @@ class KeptConnection:
         for attempt in range(2):
             reused = self._conn is not None and not self._conn.closed
             conn = self._open()
+            if isinstance(conn, GuardedConnection):
+                conn.timed_out = False
             try:
                 return work(conn)
             except psycopg2.Error as exc:
                 reason = describe_error(exc, self.db)
+                # A statement past its client-side deadline: the server is frozen or out of
+                # reach, and connecting again now would only wait out connect_timeout too.
+                timed_out = isinstance(conn, GuardedConnection) and conn.timed_out
+                if isinstance(conn, GuardedConnection) and conn.timed_out:
+                    reason = f"no answer within {conn.deadline or 0:g}s ({reason})"
                 if not conn.closed:
                     raise DatabaseError(reason) from None
                 self._drop()
-                if reused and attempt == 0:
+                if reused and attempt == 0 and not timed_out:
                     log.debug("database: kept connection lost (%s); reconnecting", reason)
                     continue
                 raise self._down(reason) from None
@@ -522,23 +583,13 @@ def run_step(
     """Runs one step of a stage on the kept connection; None when it could not.
 
     A database that is down adds ``database: down`` (counted when a connection was tried;
-    the kept connection logs the change); a failed statement is counted and added every
-    time but logged once per change of error (a read-only standby or a missing table
-    says the same every cycle), and once more when the step works again.
+    the kept connection logs the change); a failed statement is logged, counted and added.
     """
     try:
-        result = database.run(work)
+        return database.run(work)
     except DatabaseDownError as exc:
         errors.add("database" if exc.attempted else None, "database: down")
-        return None
     except DatabaseError as exc:
-        if database.step_problems.get(doing) != str(exc):
-            log.warning("database: %s failed: %s", doing, exc)
-        else:
-            log.debug("database: %s still failing: %s", doing, exc)
-        database.step_problems[doing] = str(exc)
+        log.warning("database: %s failed: %s", doing, exc)
         errors.add("database", f"database: {doing}: {exc}")
-        return None
-    if database.step_problems.pop(doing, None) is not None:
-        log.info("database: %s works again", doing)
-    return result
+    return None
