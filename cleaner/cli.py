@@ -53,7 +53,7 @@ def _duration(text: str) -> float:
         return config_mod.parse_duration(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a duration such as 90s, 3m, 24h or 0, got {text!r}"
+            f"expected a duration such as 90s, 3m, 24h or 0, at most 3650d, got {text!r}"
         ) from None
 
 

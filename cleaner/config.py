@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import re
-import zoneinfo
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from cleaner.config_env import (
     env_overrides,
     read_dotenv,
 )
-from cleaner.config_reader import UNIT_SECONDS, Reader, show
+from cleaner.config_reader import MAX_INTERVAL, MAX_TIMEOUT, UNIT_SECONDS, Reader, show
 from cleaner.config_reader import parse_duration as parse_duration
 from cleaner.config_types import Config as Config
 from cleaner.config_types import DatabaseConfig as DatabaseConfig
@@ -43,6 +42,8 @@ from cleaner.config_types import FilesConfig as FilesConfig
 from cleaner.config_types import ForceCleanConfig as ForceCleanConfig
 from cleaner.config_types import JobsConfig as JobsConfig
 from cleaner.config_types import Rule as Rule
+from cleaner.patterns import glob_problem, is_catch_all
+from cleaner.safety import is_system_directory
 
 DEFAULT_CONFIG_PATH = Path("/etc/limpeza/limpeza.yml")
 DEFAULT_EXPORTER_ADDRESS = "127.0.0.1:9817"
@@ -53,6 +54,7 @@ _PORT_RE = re.compile(r"^[0-9]{1,5}$")
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\]|[A-Za-z0-9_.-]+)$")
 _RULE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _STATUS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_RULE_KEYS = ("name", "pattern", "max_age", "directories", "recursive", "allow_dangerous")
 
 
 class ConfigError(Exception):
@@ -111,9 +113,7 @@ DATABASE_DEFAULTS: dict[str, Any] = {
     "table": "jobs",
     "id_column": "id",
     "status_column": "status",
-    "timestamp_columns": ["updated_at"],
-    "timestamp_column": None,
-    "timestamp_timezone": "UTC",
+    "timestamp_column": "updated_at",
     "active_statuses": ["queued", "running"],
     "error_status": "error",
     "error_message_column": None,
@@ -207,7 +207,7 @@ def build(raw: object, *, env: Mapping[str, str], source: str = "") -> Config:
     # value given for a key (jobs.stale_after, files.rules) replaces its default whole.
     top = {**DEFAULTS, **reader.mapping(raw, "", DEFAULTS.keys())}
 
-    interval = reader.duration(top["interval"], "interval")
+    interval = reader.duration(top["interval"], "interval", MAX_INTERVAL)
     if interval and interval < 1:
         reader.fail("interval", "must be at least 1s")
     log_level = str(top["log_level"]).lower()
@@ -235,6 +235,15 @@ def _files(reader: Reader, raw: object) -> FilesConfig:
     section = {**DEFAULTS["files"], **section}
     directories = reader.path_list(section["directories"], "files.directories")
     protect = reader.string_list(section["protect"], "files.protect")
+    for i, glob in enumerate(protect):
+        if "/" in glob:
+            reader.fail(
+                f"files.protect[{i}]",
+                "protects base names only, and a glob with '/' matches no base name, so it "
+                f"would protect nothing; name the file's base name, got {show(glob)}",
+            )
+        elif glob and glob_problem(glob):
+            reader.fail(f"files.protect[{i}]", f"{glob_problem(glob)}, got {show(glob)}")
     rules: list[Rule] = []
     raw_rules = section["rules"]
     if not isinstance(raw_rules, list):
@@ -243,9 +252,7 @@ def _files(reader: Reader, raw: object) -> FilesConfig:
     names: set[str] = set()
     for i, raw_rule in enumerate(raw_rules):
         path = f"files.rules[{i}]"
-        entry = reader.mapping(
-            raw_rule, path, ("name", "pattern", "max_age", "directories", "recursive")
-        )
+        entry = reader.mapping(raw_rule, path, _RULE_KEYS)
         for key in ("name", "pattern", "max_age"):
             if key not in entry and isinstance(raw_rule, dict):
                 reader.fail(f"{path}.{key}", "is required")
@@ -269,6 +276,9 @@ def _files(reader: Reader, raw: object) -> FilesConfig:
         )
         if not rule_dirs:
             reader.fail(f"{path}.directories", "no directory to sweep (set files.directories)")
+        dirs_key = f"{path}.directories" if "directories" in entry else "files.directories"
+        dangerous = reader.boolean(entry.get("allow_dangerous", False), f"{path}.allow_dangerous")
+        _check_rule_safety(reader, path, pattern, rule_dirs, dirs_key, dangerous)
         rules.append(
             Rule(
                 name=name,
@@ -290,6 +300,38 @@ def _files(reader: Reader, raw: object) -> FilesConfig:
     return FilesConfig(
         directories, protect, tuple(rules), templates["session_files"], templates["final_files"]
     )
+
+
+def _check_rule_safety(
+    reader: Reader,
+    path: str,
+    pattern: str,
+    directories: tuple[Path, ...],
+    dirs_key: str,
+    dangerous: bool,
+) -> None:
+    """A rule's pattern must be a glob fnmatch(3) takes as meant; without allow_dangerous
+    it may not sweep a system directory nor take every name (see cleaner.safety)."""
+    problem = glob_problem(pattern) if pattern else None
+    if problem:
+        reader.fail(f"{path}.pattern", f"{problem}, got {show(pattern)}")
+    if dangerous:
+        return
+    if pattern and is_catch_all(pattern):
+        reader.fail(
+            f"{path}.pattern",
+            f"{show(pattern)} has no literal character but dots: it selects every name, not "
+            "one kind of temporary file; name the files (session_*.json), or set "
+            f"{path}.allow_dangerous: true if removing everything there is meant",
+        )
+    for j, directory in enumerate(directories):
+        if is_system_directory(str(directory)):
+            reader.fail(
+                f"{dirs_key}[{j}]",
+                f"{show(str(directory))} is a system directory (/, /etc, /usr, /home, /var/lib "
+                "and the like, or directly in one): no rule sweeps it unless it sets "
+                f"allow_dangerous: true ({path} does not)",
+            )
 
 
 def _jobs(reader: Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:
@@ -337,7 +379,9 @@ def _jobs(reader: Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:
         cache_file=reader.optional_path(section["cache_file"], "jobs.cache_file"),
         database=database,
         health_url=health_url or None,
-        health_timeout=reader.duration(section["health_timeout"], "jobs.health_timeout"),
+        health_timeout=reader.duration(
+            section["health_timeout"], "jobs.health_timeout", MAX_TIMEOUT
+        ),
         force_clean=ForceCleanConfig(
             threshold=reader.integer(
                 force["threshold"], "jobs.force_clean.threshold", 0, 1_000_000
@@ -351,35 +395,9 @@ def _jobs(reader: Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:
     )
 
 
-def _timestamp_columns(reader: Reader, given: Mapping[str, Any], p: str) -> tuple[str, ...]:
-    """``timestamp_columns``, or ``timestamp_column`` as a one-element shorthand."""
-    if given.get("timestamp_column") is not None:
-        if given.get("timestamp_columns") is not None:
-            reader.fail(f"{p}.timestamp_column", "set timestamp_columns or this, not both")
-        return (reader.identifier(given["timestamp_column"], f"{p}.timestamp_column"),)
-    raw = given.get("timestamp_columns", DATABASE_DEFAULTS["timestamp_columns"])
-    names = reader.string_list(raw, f"{p}.timestamp_columns")
-    if not names:
-        reader.fail(f"{p}.timestamp_columns", "must name at least one column")
-    return tuple(
-        reader.identifier(name, f"{p}.timestamp_columns[{i}]") for i, name in enumerate(names)
-    )
-
-
-def _timezone(reader: Reader, raw: object, path: str) -> str:
-    name = reader.string(raw, path)
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        reader.fail(
-            path, f"expected a time zone name such as UTC or Europe/Lisbon, got {show(raw)}"
-        )
-    return name
-
-
 def _database(reader: Reader, raw: object, env: Mapping[str, str]) -> DatabaseConfig:
-    given = reader.mapping(raw, "jobs.database", DATABASE_DEFAULTS.keys())
-    section = {**DATABASE_DEFAULTS, **given}
+    section = reader.mapping(raw, "jobs.database", DATABASE_DEFAULTS.keys())
+    section = {**DATABASE_DEFAULTS, **section}
     p = "jobs.database"
     message_column = section["error_message_column"]
     statuses = reader.string_list(section["active_statuses"], f"{p}.active_statuses")
@@ -395,10 +413,7 @@ def _database(reader: Reader, raw: object, env: Mapping[str, str]) -> DatabaseCo
         table=reader.identifier(section["table"], f"{p}.table", qualified=True),
         id_column=reader.identifier(section["id_column"], f"{p}.id_column"),
         status_column=reader.identifier(section["status_column"], f"{p}.status_column"),
-        timestamp_columns=_timestamp_columns(reader, given, p),
-        timestamp_timezone=_timezone(
-            reader, section["timestamp_timezone"], f"{p}.timestamp_timezone"
-        ),
+        timestamp_column=reader.identifier(section["timestamp_column"], f"{p}.timestamp_column"),
         active_statuses=statuses,
         error_status=error_status,
         error_message_column=(
@@ -407,9 +422,13 @@ def _database(reader: Reader, raw: object, env: Mapping[str, str]) -> DatabaseCo
             else reader.identifier(message_column, f"{p}.error_message_column")
         ),
         batch_size=reader.integer(section["batch_size"], f"{p}.batch_size", 1, 1_000_000),
-        lock_timeout=reader.duration(section["lock_timeout"], f"{p}.lock_timeout"),
-        statement_timeout=reader.duration(section["statement_timeout"], f"{p}.statement_timeout"),
-        connect_timeout=reader.duration(section["connect_timeout"], f"{p}.connect_timeout"),
+        lock_timeout=reader.duration(section["lock_timeout"], f"{p}.lock_timeout", MAX_TIMEOUT),
+        statement_timeout=reader.duration(
+            section["statement_timeout"], f"{p}.statement_timeout", MAX_TIMEOUT
+        ),
+        connect_timeout=reader.duration(
+            section["connect_timeout"], f"{p}.connect_timeout", MAX_TIMEOUT
+        ),
         dsn=env.get(DSN_VARIABLE) or None,
     )
 
@@ -428,7 +447,9 @@ def _exporter(reader: Reader, raw: object) -> ExporterConfig:
         web_config_file=reader.optional_path(
             section["web_config_file"], "exporter.web_config_file"
         ),
-        database_timeout=reader.duration(section["database_timeout"], "exporter.database_timeout"),
+        database_timeout=reader.duration(
+            section["database_timeout"], "exporter.database_timeout", MAX_TIMEOUT
+        ),
     )
 
 

@@ -19,19 +19,43 @@ UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w"
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from ``90s``, ``3m``, ``24h``, ``7d``, ``1w``, ``250ms`` or a bare number."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(value)
-        return float(value)
-    if isinstance(value, str):
+#: The longest duration any key takes: 10 years (3650d). NaN, infinities and anything
+#: longer are refused, whatever the key: a NaN age would make every file expired, and a
+#: wait that long overflows the clocks the daemon waits on.
+MAX_DURATION = 3650 * 86400.0
+#: The longest interval between sweeps: 1 day.
+MAX_INTERVAL = 86400.0
+#: The longest timeout of one wait (the API's health, the database): 1 hour.
+MAX_TIMEOUT = 3600.0
+
+
+def parse_duration(value: object, maximum: float = MAX_DURATION) -> float:
+    """Seconds from ``90s``, ``3m``, ``24h``, ``7d``, ``1w``, ``250ms`` or a bare number.
+
+    Raises ValueError for anything else, and for a duration that is not finite, is
+    negative or is longer than ``maximum`` (at most MAX_DURATION).
+    """
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value) if abs(value) < 1e300 else None  # a huge int: no float
+    elif isinstance(value, str):
         match = DURATION_RE.match(value)
         if match:
-            return float(match.group(1)) * UNIT_SECONDS[match.group(2) or "s"]
-    raise ValueError(value)
+            seconds = float(match.group(1)) * UNIT_SECONDS[match.group(2) or "s"]
+    if seconds is None or seconds < 0:
+        raise ValueError(value)
+    # "not x <= max" rather than "x > max": NaN fails every comparison.
+    if not seconds <= min(maximum, MAX_DURATION):
+        raise DurationRangeError(value)
+    return seconds
+
+
+class DurationRangeError(ValueError):
+    """A duration that is NaN, infinite or longer than the key's maximum."""
+
+
+def _bound(seconds: float) -> str:
+    return f"{seconds / 86400:g}d" if seconds >= 86400 else f"{seconds / 3600:g}h"
 
 
 def show(value: object) -> str:
@@ -65,12 +89,14 @@ class Reader:
                 self.fail(where, f"unknown key (known: {', '.join(sorted(allowed))})")
         return {k: v for k, v in raw.items() if k in allowed}
 
-    def duration(self, raw: object, path: str) -> float:
+    def duration(self, raw: object, path: str, maximum: float = MAX_DURATION) -> float:
         try:
-            return parse_duration(raw)
+            return parse_duration(raw, maximum)
+        except DurationRangeError:
+            self.fail(path, f"expected a duration from 0s to {_bound(maximum)}, got {show(raw)}")
         except ValueError:
             self.fail(path, f"expected a duration such as 24h, got {show(raw)}")
-            return 0.0
+        return 0.0
 
     def boolean(self, raw: object, path: str) -> bool:
         if isinstance(raw, bool):

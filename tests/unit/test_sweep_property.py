@@ -45,6 +45,7 @@ rule_patterns = st.sampled_from(
         "[!o]*_?.*",
         "*[[:digit:]]*",
         "x\\_*",
+        "*",
     ]
 )
 rule_lists = st.lists(
@@ -81,8 +82,9 @@ def test_removed_set_equals_the_oracle(
                     "directories": [str(root)],
                     "protect": protect,
                     "rules": [
-                        {"name": f"r{i}", "pattern": pattern, "max_age": max_age}
-                        for i, (pattern, max_age) in enumerate(rules)
+                        # allow_dangerous: "*" and "*[[:digit:]]*" select (nearly) every name
+                        {"name": f"r{i}", "pattern": p, "max_age": age, "allow_dangerous": True}
+                        for i, (p, age) in enumerate(rules)
                     ],
                 },
             },
