@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zoneinfo
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,9 @@ DATABASE_DEFAULTS: dict[str, Any] = {
     "table": "jobs",
     "id_column": "id",
     "status_column": "status",
-    "timestamp_column": "updated_at",
+    "timestamp_columns": ["updated_at"],
+    "timestamp_column": None,
+    "timestamp_timezone": "UTC",
     "active_statuses": ["queued", "running"],
     "error_status": "error",
     "error_message_column": None,
@@ -395,9 +398,35 @@ def _jobs(reader: Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:
     )
 
 
+def _timestamp_columns(reader: Reader, given: Mapping[str, Any], p: str) -> tuple[str, ...]:
+    """``timestamp_columns``, or ``timestamp_column`` as a one-element shorthand."""
+    if given.get("timestamp_column") is not None:
+        if given.get("timestamp_columns") is not None:
+            reader.fail(f"{p}.timestamp_column", "set timestamp_columns or this, not both")
+        return (reader.identifier(given["timestamp_column"], f"{p}.timestamp_column"),)
+    raw = given.get("timestamp_columns", DATABASE_DEFAULTS["timestamp_columns"])
+    names = reader.string_list(raw, f"{p}.timestamp_columns")
+    if not names:
+        reader.fail(f"{p}.timestamp_columns", "must name at least one column")
+    return tuple(
+        reader.identifier(name, f"{p}.timestamp_columns[{i}]") for i, name in enumerate(names)
+    )
+
+
+def _timezone(reader: Reader, raw: object, path: str) -> str:
+    name = reader.string(raw, path)
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        reader.fail(
+            path, f"expected a time zone name such as UTC or Europe/Lisbon, got {show(raw)}"
+        )
+    return name
+
+
 def _database(reader: Reader, raw: object, env: Mapping[str, str]) -> DatabaseConfig:
-    section = reader.mapping(raw, "jobs.database", DATABASE_DEFAULTS.keys())
-    section = {**DATABASE_DEFAULTS, **section}
+    given = reader.mapping(raw, "jobs.database", DATABASE_DEFAULTS.keys())
+    section = {**DATABASE_DEFAULTS, **given}
     p = "jobs.database"
     message_column = section["error_message_column"]
     statuses = reader.string_list(section["active_statuses"], f"{p}.active_statuses")
@@ -413,7 +442,10 @@ def _database(reader: Reader, raw: object, env: Mapping[str, str]) -> DatabaseCo
         table=reader.identifier(section["table"], f"{p}.table", qualified=True),
         id_column=reader.identifier(section["id_column"], f"{p}.id_column"),
         status_column=reader.identifier(section["status_column"], f"{p}.status_column"),
-        timestamp_column=reader.identifier(section["timestamp_column"], f"{p}.timestamp_column"),
+        timestamp_columns=_timestamp_columns(reader, given, p),
+        timestamp_timezone=_timezone(
+            reader, section["timestamp_timezone"], f"{p}.timestamp_timezone"
+        ),
         active_statuses=statuses,
         error_status=error_status,
         error_message_column=(
