@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import expiry, footprint, idle, reaping
+from bench import cache_writers, expiry, footprint, idle, reaping
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("expiry", "idle", "reaping", "scrape", "footprint")
+SECTIONS = ("expiry", "idle", "reaping", "scrape", "footprint", "cache_writers")
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,11 @@ class Plan:
     idle_sweeps: int
     job_rows: tuple[int, ...]
     footprint_seconds: float
+    cache_writer_seconds: float
 
 
-FULL = Plan((10_000, 100_000, 1_000_000), 3, 1_000_000, 6, (1_000_000, 5_000_000), 600.0)
-QUICK = Plan((10_000,), 3, 20_000, 5, (100_000,), 30.0)
+FULL = Plan((10_000, 100_000, 1_000_000), 3, 1_000_000, 6, (1_000_000, 5_000_000), 600.0, 30.0)
+QUICK = Plan((10_000,), 3, 20_000, 5, (100_000,), 30.0, 5.0)
 
 TITLES = {
     "expiry": "1. Expiring files",
@@ -48,6 +49,7 @@ TITLES = {
     "reaping": "3. Reaping jobs",
     "scrape": "4. Scraping",
     "footprint": "5. Footprint",
+    "cache_writers": "6. Job cache writers",
 }
 
 
@@ -214,6 +216,16 @@ def main(argv: list[str] | None = None) -> int:
                 "footprint",
                 lambda: footprint.report(
                     footprint.run_section(plan.footprint_seconds, scratch, log), exporter_missing
+                ),
+                results,
+            )
+        if "cache_writers" in wanted:
+            timed(
+                "cache_writers",
+                lambda: cache_writers.report(
+                    cache_writers.run_section(
+                        (20.0, 100.0), plan.cache_writer_seconds, scratch / "cache-writers", log
+                    )
                 ),
                 results,
             )
