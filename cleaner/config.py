@@ -98,6 +98,7 @@ DEFAULTS: dict[str, Any] = {
     "jobs": {
         "stale_after": {"running": "3m", "queued": "2m"},
         "cache_file": None,
+        "cache_timezone": "local",
         "database": None,
         "health_url": None,
         "health_timeout": "2s",
@@ -380,6 +381,7 @@ def _jobs(reader: Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:
     return JobsConfig(
         stale_after=stale,
         cache_file=reader.optional_path(section["cache_file"], "jobs.cache_file"),
+        cache_timezone=_cache_timezone(reader, section["cache_timezone"]),
         database=database,
         health_url=health_url or None,
         health_timeout=reader.duration(
@@ -421,6 +423,22 @@ def _timezone(reader: Reader, raw: object, path: str) -> str:
         reader.fail(
             path, f"expected a time zone name such as UTC or Europe/Lisbon, got {show(raw)}"
         )
+    return name
+
+
+def _cache_timezone(reader: Reader, raw: object) -> str:
+    """``local`` (the host's local time, which the API shares) or an IANA zone name."""
+    name = reader.string(raw, "jobs.cache_timezone")
+    if name == "local":
+        return name
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        reader.fail(
+            "jobs.cache_timezone",
+            f"expected local or a time zone name such as UTC or America/Sao_Paulo, got {show(raw)}",
+        )
+        return "local"
     return name
 
 

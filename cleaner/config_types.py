@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,13 @@ class JobsConfig:
     health_url: str | None
     health_timeout: float
     force_clean: ForceCleanConfig
+    #: How naive ISO times in the cache are read: ``local`` (the host's) or an IANA name.
+    cache_timezone: str = "local"
+
+    @property
+    def cache_zone(self) -> tzinfo | None:
+        """The zone of ``cache_timezone``; None for the host's local time (see staleness)."""
+        return None if self.cache_timezone == "local" else ZoneInfo(self.cache_timezone)
 
     @property
     def active_statuses(self) -> tuple[str, ...]:
