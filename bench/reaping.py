@@ -6,7 +6,7 @@ on) holds a ``jobs`` table like the API's: 1% of the rows are stale active jobs 
 without an update), 1% fresh active ones, the rest finished. Each contender starts from
 the same rows (the stale ones are put back and the table vacuumed between runs):
 
-* limpeza: ``cleaner.jobs.end_jobs`` per active status, as the daemon's reaper calls it:
+* limpeza: ``cleaner.jobs.database.end_jobs`` per active status, as the daemon's reaper calls it:
   batches of ``batch_size`` rows, ``UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE
   SKIP LOCKED)``, each batch its own transaction;
 * one statement: ``UPDATE jobs SET status = 'error', error_message = ... WHERE
@@ -32,8 +32,8 @@ import psycopg2.extensions
 
 from bench.measure import Summary, ratio, show_seconds, table
 from cleaner.config import Config, build
-from cleaner.jobs import JobReaper, end_jobs
-from cleaner.state import State
+from cleaner.jobs.database import end_jobs
+from cleaner.jobs.reaper import JobReaper
 from devtools import postgres
 from devtools.postgres import PostgresServer
 
@@ -200,7 +200,7 @@ def reap_single(pg: PostgresServer) -> tuple[float, list[float], int]:
 
 def idle_cycle(config: Config) -> float:
     """One whole JobReaper cycle with a kept connection (the daemon's steady state)."""
-    reaper = JobReaper(config.jobs, State(), interval=30.0)
+    reaper = JobReaper(config.jobs, interval=30.0)
     try:
         reaper.cycle()  # connects; the daemon keeps its connection between cycles
         start = time.perf_counter()
@@ -208,7 +208,7 @@ def idle_cycle(config: Config) -> float:
         wall = time.perf_counter() - start
     finally:
         reaper.close()
-    if report.errors or report.database_reaped:
+    if report.errors.messages or report.database_reaped:
         raise RuntimeError(f"idle cycle was not idle: {report}")
     return wall
 
