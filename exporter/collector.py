@@ -216,7 +216,12 @@ class LimpezaCollector(Collector):
         elif config.jobs.cache_file is not None:
             try:
                 records = read_cache(config.jobs.cache_file, lock_wait=1.0)
-                counts = count_cache(records, config.jobs.stale_after, self._clock())
+                counts = count_cache(
+                    records,
+                    config.jobs.stale_after,
+                    self._clock(),
+                    zone=config.jobs.cache_zone,
+                )
                 self._faults.report(f"job cache {config.jobs.cache_file}", None)
             except CacheError as exc:
                 self._faults.report(f"job cache {config.jobs.cache_file}", str(exc))
@@ -278,6 +283,7 @@ class LimpezaCollector(Collector):
             return
         yield from self._counters(config, state)
         yield from self._sweep_metrics(state)
+        yield from self._missing_metrics(config, state)
         if config.jobs.health_url is not None:
             yield from self._api_metrics(state)
 
@@ -352,6 +358,18 @@ class LimpezaCollector(Collector):
             "Sweeps (file rules and job reaping) the cleaner completed, from its state file.",
             value=state.sweeps,
         )
+
+    def _missing_metrics(self, config: Config, state: State) -> Iterator[Metric]:
+        missing = GaugeMetricFamily(
+            "limpeza_directory_missing",
+            "1 when the cleaner's last sweep found the configured directory missing, so "
+            "nothing was swept there (from its state file).",
+            labels=["directory"],
+        )
+        gone = set(state.missing_directories)
+        for directory in config.files.all_directories():
+            missing.add_metric([str(directory)], 1 if str(directory) in gone else 0)
+        yield missing
 
     def _sweep_metrics(self, state: State) -> Iterator[Metric]:
         last_sweep = state.last_sweep_end or state.last_sweep_start

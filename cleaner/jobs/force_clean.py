@@ -68,7 +68,7 @@ def force_clean(
                 return False
             if older_than is None:
                 return True
-            moment = record_timestamp(record)
+            moment = record_timestamp(record, config.cache_zone)
             return moment is not None and now - moment > older_than
 
         try:

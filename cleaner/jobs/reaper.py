@@ -157,7 +157,9 @@ class JobReaper:
         path = self.config.cache_file
         assert path is not None
         try:
-            removed = cache.reap_cache(path, self.config.stale_after, self._clock())
+            removed = cache.reap_cache(
+                path, self.config.stale_after, self._clock(), zone=self.config.cache_zone
+            )
         except (cache.CacheError, OSError) as exc:
             message = str(exc) if isinstance(exc, cache.CacheError) else f"{path}: {exc}"
             report.errors.add("cache", f"cache: {message}")
@@ -181,7 +183,12 @@ class JobReaper:
         path = self.config.cache_file
         assert path is not None
         try:
-            return cache.count_cache(cache.read_cache(path), self.config.stale_after, self._clock())
+            return cache.count_cache(
+                cache.read_cache(path),
+                self.config.stale_after,
+                self._clock(),
+                zone=self.config.cache_zone,
+            )
         except cache.CacheError:
             return None  # already reported and logged by the reaping step
 
@@ -243,7 +250,9 @@ class JobReaper:
         elif self.config.cache_file is not None:
             with contextlib.suppress(cache.CacheError):
                 records = cache.read_cache(self.config.cache_file)
-                stats = cache.count_recent(records, self._clock() - STATS_WINDOW)
+                stats = cache.count_recent(
+                    records, self._clock() - STATS_WINDOW, zone=self.config.cache_zone
+                )
         if stats is not None:
             log.info("jobs in the last 24h by status: %s", dict(sorted(stats.items())))
         return stats

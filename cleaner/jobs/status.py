@@ -34,7 +34,8 @@ def jobs_status(config: JobsConfig, *, now: float, application_name: str) -> dic
     if config.cache_file is not None:
         cache: dict[str, Any] = {"path": str(config.cache_file)}
         try:
-            counts = count_cache(read_cache(config.cache_file), stale_after, now)
+            records = read_cache(config.cache_file)
+            counts = count_cache(records, stale_after, now, zone=config.cache_zone)
             cache.update(
                 jobs=counts.by_status, active=counts.active, stale=counts.stale, error=None
             )

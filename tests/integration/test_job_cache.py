@@ -251,3 +251,27 @@ def test_a_concurrent_writer_loses_no_job_while_the_cleaner_rewrites(tmp_path: P
     assert set(final) == {f"w{i}" for i in range(count)} | set(filler)  # nothing lost
     assert state.jobs_reaped == {"cache": {"queued": count}}  # every ghost, exactly once
     assert cycles > 1
+
+
+@pytest.mark.parametrize(
+    ("cache_timezone", "reaped"), [("America/Sao_Paulo", False), ("Asia/Tokyo", True)]
+)
+def test_the_reaper_reads_naive_cache_times_in_the_configured_zone(
+    tmp_path: Path, cache_timezone: str, reaped: bool
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    # An app in Sao Paulo wrote datetime.now().isoformat() 10 s ago. Read in Sao Paulo's
+    # zone the job is fresh; read in Tokyo's (12 h ahead) it looks 12 h old.
+    written = (datetime.now(ZoneInfo("America/Sao_Paulo")) - timedelta(seconds=10)).replace(
+        tzinfo=None
+    )
+    cache = tmp_path / "jobs.json"
+    cache.write_text(json.dumps({"j": {"status": "running", "updated_at": written.isoformat()}}))
+    reaper, state = reaper_for(cache, cache_timezone=cache_timezone)
+    try:
+        report = reaper.cycle()
+    finally:
+        reaper.close()
+    assert report.cache_reaped == ({"running": 1} if reaped else {})
+    assert (json.loads(cache.read_text()) == {}) is reaped
