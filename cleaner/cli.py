@@ -173,7 +173,10 @@ def _finish(result: SweepResult, as_json: bool, jobs: CycleReport | None = None)
         print(json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=True))
     else:
         print(result.summary())
-    failed = result.errors or (jobs is not None and jobs.errors.messages)
+    for directory in result.missing:
+        log.warning("directory %s does not exist: nothing was swept there", directory)
+    # A configured directory that is missing is not success: most often a typo.
+    failed = result.errors or result.missing or (jobs is not None and jobs.errors.messages)
     return EXIT_ERRORS if failed else EXIT_OK
 
 

@@ -50,6 +50,7 @@ def apply_sweep(delta: State, result: SweepResult) -> None:
     if result.errors:
         delta.count_error("files", result.errors)
     delta.directories = dict(result.directories)
+    delta.missing_directories = list(result.missing)
 
 
 def apply_errors(delta: State, errors: StageErrors) -> None:
@@ -143,6 +144,8 @@ class Daemon:
         self._totals = State()
         #: Lets a sweep skip directories that provably hold nothing new nor expired.
         self.memory = SweepMemory(full_sweep_every)
+        #: Configured directories the last sweep found missing: logged when this changes.
+        self._missing: frozenset[str] = frozenset()
         #: The job reaper's cycle in its thread, until its report is applied.
         self._jobs: JobsCycle | None = None
         self._jobs_behind = False
@@ -237,6 +240,7 @@ class Daemon:
             )
             apply_sweep(self.delta, result)
             log.info("%s", result.summary())
+            self._log_missing(frozenset(result.missing))
         except Exception:
             log.exception("file sweep failed")
             self.delta.count_error("files")
@@ -255,6 +259,18 @@ class Daemon:
         self._save()
         if self.cycles % STATS_EVERY == 0:
             self._log_stats()
+
+    def _log_missing(self, missing: frozenset[str]) -> None:
+        """One line when a configured directory goes missing, one when it is back."""
+        for directory in sorted(missing - self._missing):
+            log.warning(
+                "directory %s does not exist: nothing is swept there "
+                "(limpeza_directory_missing is 1 until it does)",
+                directory,
+            )
+        for directory in sorted(self._missing - missing):
+            log.info("directory %s exists again: swept from now on", directory)
+        self._missing = missing
 
     def _jobs_stage(self, deadline: float) -> None:
         """Starts the reaper's cycle and waits for it until ``deadline`` (or a stop).

@@ -184,8 +184,13 @@ class Walker:
         max_age: float | None = None,
         memory: SweepMemory | None = None,
         hooks: SweepHooks = NO_HOOKS,
+        other_roots: frozenset[tuple[int, int]] = frozenset(),
     ) -> None:
         self.root = root
+        #: (st_dev, st_ino) of the other configured roots: a subdirectory that is one is
+        #: swept by its own rules, never also by this root's (the more specific one wins,
+        #: as in systemd-tmpfiles), and its files are counted once.
+        self.other_roots = other_roots
         self.rules = RuleSet(rules)
         self.recursive_rules = RuleSet(tuple(r for r in rules if r.recursive))
         self.protect = Globs(protect)
@@ -201,8 +206,9 @@ class Walker:
             # The configured root itself is the operator's choice and may be a link;
             # nothing below it is ever followed.
             root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            log.warning("directory %s does not exist: nothing to sweep there", self.root)
+        except (FileNotFoundError, NotADirectoryError):
+            # Counted, not logged here: the daemon logs it when it changes, ``once`` always.
+            log.debug("directory %s does not exist: nothing to sweep there", self.root)
             self.result.missing.append(str(self.root))
             return
         except OSError as exc:
@@ -298,7 +304,7 @@ class Walker:
             if st.st_dev != root_dev:
                 self._skip("mount_point", tally)
                 log.debug("not crossing mount point %s", _display(directory, name))
-            else:
+            elif (st.st_dev, st.st_ino) not in self.other_roots:
                 subdirs.append(name)
         rule = match_rule(name, rules)
         if rule is None:
@@ -410,6 +416,18 @@ def remove_candidate(
             os.close(fd)
 
 
+def _identities(roots: tuple[Path, ...]) -> dict[Path, tuple[int, int]]:
+    """(st_dev, st_ino) of each configured root that exists (followed: roots may be links)."""
+    found: dict[Path, tuple[int, int]] = {}
+    for root in roots:
+        try:
+            st = os.stat(root)
+        except OSError:
+            continue  # missing or unreadable: the walk of that root reports it
+        found[root] = (st.st_dev, st.st_ino)
+    return found
+
+
 def sweep(
     files: FilesConfig,
     *,
@@ -435,6 +453,7 @@ def sweep(
         memory = None
     if memory is not None:
         memory.begin(files)
+    roots = _identities(files.all_directories())
     for root in files.all_directories():
         rules = tuple(r for r in files.rules if root in r.directories)
         usage = result.directories.setdefault(str(root), DirectoryUsage())
@@ -448,6 +467,7 @@ def sweep(
             max_age=max_age,
             memory=memory,
             hooks=hooks,
+            other_roots=frozenset(v for k, v in roots.items() if k != root),
         )
         for candidate in walker.candidates():
             if remove_candidate(candidate, result, dry_run, hooks):

@@ -95,6 +95,8 @@ class State:
     last_sweep_duration: float | None = None
     last_success: float | None = None
     directories: dict[str, DirectoryUsage] = field(default_factory=dict)
+    #: Configured directories the last sweep found missing (nothing was swept there).
+    missing_directories: list[str] = field(default_factory=list)
     api: ApiHealth = field(default_factory=ApiHealth)
     database_up: bool | None = None
     jobs_active: int | None = None
@@ -138,8 +140,9 @@ class State:
             value = getattr(delta, name)
             if value is not None:
                 setattr(self, name, value)
-        if delta.directories:
+        if delta.directories:  # a sweep ran: what it saw replaces what the last one saw
             self.directories = dict(delta.directories)
+            self.missing_directories = list(delta.missing_directories)
         if delta.api.checked_at is not None:
             self.api = ApiHealth(delta.api.up, delta.api.jobs_active, delta.api.checked_at)
 
@@ -161,6 +164,7 @@ class State:
             "directories": {
                 d: {"files": u.files, "bytes": u.bytes} for d, u in self.directories.items()
             },
+            "missing_directories": list(self.missing_directories),
             "api": {
                 "up": self.api.up,
                 "jobs_active": self.api.jobs_active,
@@ -198,6 +202,9 @@ class State:
                 for d, u in dirs.items()
                 if isinstance(u, dict)
             },
+            missing_directories=[
+                str(d) for d in raw.get("missing_directories") or [] if isinstance(d, str)
+            ],
             api=ApiHealth(
                 up=api.get("up") if isinstance(api.get("up"), bool) else None,
                 jobs_active=api_active if isinstance(api_active, int) else None,

@@ -116,6 +116,60 @@ def test_recursive_rule_descends_and_plain_rule_does_not(tree: Tree) -> None:
     assert tree.names() == {"a", "a/b", "a/final_deep.mp4"}
 
 
+def _nested(tree: Tree, inner: str) -> dict[str, object]:
+    """uploads swept recursively after 1 day; ``inner`` (inside it) by its own 30-day rule."""
+    return {
+        "files": {
+            "directories": [str(tree.uploads)],
+            "rules": [
+                {"name": "short", "pattern": "*.json", "max_age": "1d", "recursive": True},
+                {
+                    "name": "long",
+                    "pattern": "*.json",
+                    "max_age": "30d",
+                    "recursive": True,
+                    "directories": [inner],
+                },
+            ],
+        }
+    }
+
+
+def test_a_nested_root_is_swept_by_its_own_rules_only(tree: Tree) -> None:
+    """The more specific directory wins, as in systemd-tmpfiles: the outer walk skips it."""
+    tree.file("session_old.json", age=2 * DAY)
+    tree.file("keep/session_kept.json", age=2 * DAY, data=b"12345")
+    tree.file("keep/deeper/session_kept2.json", age=2 * DAY)
+    tree.file("keep/session_ancient.json", age=31 * DAY)
+    tree.file("other/session_old2.json", age=2 * DAY)
+    result = _sweep(tree, config=_nested(tree, str(tree.uploads / "keep")))
+    assert tree.names() == {
+        "keep",
+        "keep/session_kept.json",
+        "keep/deeper",
+        "keep/deeper/session_kept2.json",
+        "other",
+    }
+    assert {k: t.files for k, t in result.removed.items()} == {"short": 2, "long": 1}
+    # Each file is counted once, under the directory whose rules sweep it.
+    outer = result.directories[str(tree.uploads)]
+    inner = result.directories[str(tree.uploads / "keep")]
+    assert (outer.files, outer.bytes) == (0, 0)
+    assert (inner.files, inner.bytes) == (2, 6)
+
+
+def test_a_nested_root_named_through_a_link_is_still_the_same_root(
+    tree: Tree, tmp_path: Path
+) -> None:
+    tree.file("keep/session_kept.json", age=2 * DAY)
+    link = tmp_path / "keep-link"
+    link.symlink_to(tree.uploads / "keep")
+    result = _sweep(tree, config=_nested(tree, str(link)))
+    assert tree.names() == {"keep", "keep/session_kept.json"}
+    assert result.directories[str(tree.uploads)].files == 0
+    assert result.directories[str(link)].files == 1
+
+
 def test_rule_with_its_own_directories(tree: Tree, tmp_path: Path) -> None:
     renders = tmp_path / "renders"
     renders.mkdir()

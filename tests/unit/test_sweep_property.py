@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cleaner import config as config_mod
@@ -193,7 +193,8 @@ random_names = (
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(glob=random_globs, names=st.sets(random_names, min_size=1, max_size=12))
 def test_a_pattern_selects_the_names_find_name_selects(glob: str, names: set[str]) -> None:
-    assert glob_problem(glob) is None, glob  # the strategy only makes valid globs
+    # A member "[" before "." or "=" makes "[." or "[=", which the configuration refuses.
+    assume(glob_problem(glob) is None)
     rule = Rule("r", glob, 0.0, ())
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
