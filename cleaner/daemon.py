@@ -75,6 +75,7 @@ def apply_jobs(delta: State, report: CycleReport) -> None:
         for status, n in counts.items():
             delta.count_reaped(source, status, n)
     apply_errors(delta, report.errors)
+    delta.reaps_skipped += int(report.database_locked is False)
     if report.database_up is not None:
         delta.database_up = report.database_up
     delta.jobs_active = report.jobs_active
