@@ -416,7 +416,7 @@ def remove_candidate(
             os.close(fd)
 
 
-def _identities(roots: tuple[Path, ...]) -> dict[Path, tuple[int, int]]:
+def root_identities(roots: tuple[Path, ...]) -> dict[Path, tuple[int, int]]:
     """(st_dev, st_ino) of each configured root that exists (followed: roots may be links)."""
     found: dict[Path, tuple[int, int]] = {}
     for root in roots:
@@ -453,7 +453,7 @@ def sweep(
         memory = None
     if memory is not None:
         memory.begin(files)
-    roots = _identities(files.all_directories())
+    roots = root_identities(files.all_directories())
     for root in files.all_directories():
         rules = tuple(r for r in files.rules if root in r.directories)
         usage = result.directories.setdefault(str(root), DirectoryUsage())

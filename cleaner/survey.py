@@ -1,7 +1,8 @@
 """What the configured directories hold now: the files part of ``limpeza-cleaner status``.
 
 The same walk as the sweep's (same rules, protect globs and safety: no symlink followed,
-no mount point crossed), with nothing removed: per directory and rule, the matching
+no mount point crossed, a nested configured root left to its own rules), with nothing
+removed: per directory and rule, the matching
 regular files, their bytes, and how many of them are past the rule's age.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cleaner.config import FilesConfig
-from cleaner.files import SweepResult, Walker
+from cleaner.files import SweepResult, Walker, root_identities
 from cleaner.state import DirectoryUsage
 
 
@@ -28,10 +29,18 @@ def survey(files: FilesConfig, *, now: float) -> dict[str, dict[str, RuleSurvey]
     """What is there now, per directory and rule: files, bytes, and how many are expired."""
     report: dict[str, dict[str, RuleSurvey]] = {}
     scratch = SweepResult(dry_run=True)
+    roots = root_identities(files.all_directories())
     for root in files.all_directories():
         rules = tuple(r for r in files.rules if root in r.directories)
         per_rule = report.setdefault(str(root), {r.name: RuleSurvey() for r in rules})
-        walker = Walker(root, rules, files.protect, scratch, DirectoryUsage())
+        walker = Walker(
+            root,
+            rules,
+            files.protect,
+            scratch,
+            DirectoryUsage(),
+            other_roots=frozenset(v for k, v in roots.items() if k != root),
+        )
         for candidate in walker.candidates():
             entry = per_rule[candidate.rule.name]
             entry.files += 1

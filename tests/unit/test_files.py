@@ -158,6 +158,22 @@ def test_a_nested_root_is_swept_by_its_own_rules_only(tree: Tree) -> None:
     assert (inner.files, inner.bytes) == (2, 6)
 
 
+def test_status_counts_a_nested_roots_files_under_its_own_rules_only(tree: Tree) -> None:
+    from cleaner.config import build
+    from cleaner.survey import survey
+
+    tree.file("keep/session_kept.json", age=2 * DAY)
+    tree.file("session_old.json", age=2 * DAY)
+    files = build(_nested(tree, str(tree.uploads / "keep")), env={}).files
+    report = survey(files, now=NOW)
+    assert (
+        report[str(tree.uploads)]["short"].files,
+        report[str(tree.uploads)]["short"].expired,
+    ) == (1, 1)
+    inner = report[str(tree.uploads / "keep")]["long"]
+    assert (inner.files, inner.expired) == (1, 0)
+
+
 def test_a_nested_root_named_through_a_link_is_still_the_same_root(
     tree: Tree, tmp_path: Path
 ) -> None:
