@@ -160,7 +160,13 @@ def _on_remove(audit: AuditLog, args: argparse.Namespace) -> Callable[[Removal],
     return on_remove
 
 
-def _finish(result: SweepResult, as_json: bool, jobs: CycleReport | None = None) -> int:
+def _finish(
+    result: SweepResult,
+    as_json: bool,
+    jobs: CycleReport | None = None,
+    *,
+    missing_fails: bool = True,
+) -> int:
     if as_json:
         payload = result.to_dict()
         if jobs is not None:
@@ -175,8 +181,10 @@ def _finish(result: SweepResult, as_json: bool, jobs: CycleReport | None = None)
         print(result.summary())
     for directory in result.missing:
         log.warning("directory %s does not exist: nothing was swept there", directory)
-    # A configured directory that is missing is not success: most often a typo.
-    failed = result.errors or result.missing or (jobs is not None and jobs.errors.messages)
+    # A configured directory that is missing is not success for a sweep: most often a typo.
+    # A purge only looks for one session's files, which are then simply not there.
+    missing = bool(result.missing) and missing_fails
+    failed = result.errors or missing or (jobs is not None and jobs.errors.messages)
     return EXIT_ERRORS if failed else EXIT_OK
 
 
@@ -240,7 +248,7 @@ def _cmd_purge(args: argparse.Namespace, config: Config, path: Path, env: Mappin
         apply_sweep(delta, result)
         delta.directories = {}  # a purge looks at one session's files, not at the usage
         _record(config, delta)
-    return _finish(result, args.json)
+    return _finish(result, args.json, missing_fails=False)
 
 
 def status_report(config: Config, now: float) -> dict[str, object]:

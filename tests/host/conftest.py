@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 NAMES = ["limpeza-a", "limpeza-b"]
 PROMETHEUS_HOST = "limpeza-a"
 UPLOADS = "/srv/app/uploads"
+BACKEND_UPLOADS = "/srv/app/backend/app/uploads"
 #: The backend's group owning the upload directory; the cleaner gets it as a supplementary group.
 APP_GROUP = "www-data"
 
@@ -101,15 +102,16 @@ class Deployment:
 
 
 def _prepare(exporter_ports: dict[str, int], prometheus_port: int) -> Callable[[Target], None]:
-    """Files a target has before the deploy: the backend's upload directory, Prometheus."""
+    """Files a target has before the deploy: the backend's upload directories, Prometheus."""
 
     def prepare(target: Target) -> None:
         root = target.root
-        uploads = root / UPLOADS.lstrip("/")
-        uploads.mkdir(parents=True)
-        # www-data is uid/gid 33 in Debian's base-passwd.
-        os.chown(uploads, 33, 33)
-        uploads.chmod(0o2775)
+        for directory in (BACKEND_UPLOADS, UPLOADS):  # the two directories swept by default
+            uploads = root / directory.lstrip("/")
+            uploads.mkdir(parents=True)
+            # www-data is uid/gid 33 in Debian's base-passwd.
+            os.chown(uploads, 33, 33)
+            uploads.chmod(0o2775)
         units = root / "etc" / "systemd" / "system"
         if target.name != PROMETHEUS_HOST:
             (units / "prometheus.service").symlink_to("/dev/null")
