@@ -268,7 +268,7 @@ def test_the_reaper_reads_naive_cache_times_in_the_configured_zone(
     )
     cache = tmp_path / "jobs.json"
     cache.write_text(json.dumps({"j": {"status": "running", "updated_at": written.isoformat()}}))
-    reaper, state = reaper_for(cache, cache_timezone=cache_timezone)
+    reaper, _ = reaper_for(cache, cache_timezone=cache_timezone)
     try:
         report = reaper.cycle()
     finally:
