@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from cleaner import dsn as dsn_mod
 from cleaner.config_env import (
     CONFIG_VARIABLE,
     DSN_VARIABLE,
@@ -456,6 +457,10 @@ def _database(reader: Reader, raw: object, env: Mapping[str, str]) -> DatabaseCo
     error_status = reader.string(section["error_status"], f"{p}.error_status")
     if error_status in statuses:
         reader.fail(f"{p}.error_status", "must not be one of the active statuses")
+    dsn = env.get(DSN_VARIABLE) or None
+    dsn_problem = dsn_mod.problem(dsn) if dsn else None
+    if dsn_problem:
+        reader.fail(DSN_VARIABLE, dsn_problem)
     return DatabaseConfig(
         table=reader.identifier(section["table"], f"{p}.table", qualified=True),
         id_column=reader.identifier(section["id_column"], f"{p}.id_column"),
@@ -479,7 +484,7 @@ def _database(reader: Reader, raw: object, env: Mapping[str, str]) -> DatabaseCo
         connect_timeout=reader.duration(
             section["connect_timeout"], f"{p}.connect_timeout", MAX_TIMEOUT
         ),
-        dsn=env.get(DSN_VARIABLE) or None,
+        dsn=dsn,
     )
 
 
@@ -523,6 +528,5 @@ def warn_unused_environment(config: Config, logger: logging.Logger) -> None:
 
 
 def mask_dsn(dsn: str) -> str:
-    """A DSN fit for a log line: any password replaced by ``***``."""
-    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", masked, flags=re.I)
+    """A DSN fit for a log line: a URL's whole user info and any password as ``***``."""
+    return dsn_mod.mask(dsn)

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import threading
 import time
@@ -28,6 +27,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from cleaner import dsn as dsn_mod
 from cleaner.config import DatabaseConfig
 from cleaner.jobs.staleness import JobCounts
 from cleaner.state import StageErrors
@@ -39,9 +39,8 @@ T = TypeVar("T")
 
 
 def mask_dsn(dsn: str) -> str:
-    """A DSN fit for a log line: any password replaced by ``***``."""
-    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", masked, flags=re.I)
+    """A DSN fit for a log line: a URL's whole user info and any password as ``***``."""
+    return dsn_mod.mask(dsn)
 
 
 class DatabaseDownError(Exception):
@@ -56,18 +55,15 @@ class DatabaseDownError(Exception):
 
 
 def _scrub(text: str, dsn: str) -> str:
-    """``text`` with the DSN (and its password, wherever it appears) masked."""
-    masked = text.replace(dsn, mask_dsn(dsn)) if dsn else text
-    with contextlib.suppress(psycopg2.ProgrammingError):
-        password = psycopg2.extensions.parse_dsn(dsn).get("password") if dsn else None
-        if password:
-            masked = masked.replace(password, "***")
-    return mask_dsn(masked)
+    """``text`` with the DSN masked and its password and user info, whole or in pieces, too."""
+    return dsn_mod.scrub(text, dsn)
 
 
 def describe_error(exc: BaseException, db: DatabaseConfig) -> str:
     """One line about a database error, safe for a log."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    # Scrubbed before and after the lines are joined: a secret may hold a newline or two
+    # spaces in a row.
+    text = " ".join(_scrub(str(exc), db.dsn or "").split()) or type(exc).__name__
     return _scrub(text, db.dsn or "")
 
 
@@ -235,6 +231,11 @@ def connect(
     if not db.dsn:
         raise DatabaseDownError("no DSN: $LIMPEZA_DATABASE_URL is not set")
     try:
+        # libpq would misread a malformed DSN and quote the pieces: refuse it first.
+        dsn_mod.parse(db.dsn)
+    except dsn_mod.DsnError as exc:
+        raise DatabaseDownError(f"malformed DSN {exc.masked}: {exc.problem}") from None
+    try:
         conn: GuardedConnection = psycopg2.connect(
             db.dsn,
             connection_factory=GuardedConnection,
@@ -249,14 +250,14 @@ def connect(
         )
     except (psycopg2.Error, ValueError) as exc:
         raise DatabaseDownError(
-            f"cannot connect to {_scrub(db.dsn, db.dsn)}: {describe_error(exc, db)}"
+            f"cannot connect to {mask_dsn(db.dsn)}: {describe_error(exc, db)}"
         ) from None
     try:
         conn.autocommit = True
     except psycopg2.Error as exc:
         conn.close()
         raise DatabaseDownError(
-            f"cannot set up the session on {_scrub(db.dsn, db.dsn)}: {describe_error(exc, db)}"
+            f"cannot set up the session on {mask_dsn(db.dsn)}: {describe_error(exc, db)}"
         ) from None
     return conn
 
