@@ -35,7 +35,7 @@ from cleaner.config_env import (
     env_overrides,
     read_dotenv,
 )
-from cleaner.config_reader import MAX_INTERVAL, MAX_TIMEOUT, UNIT_SECONDS, Reader, show
+from cleaner.config_reader import MAX_INTERVAL, MAX_TIMEOUT, Reader, show
 from cleaner.config_reader import parse_duration as parse_duration
 from cleaner.config_types import Config as Config
 from cleaner.config_types import DatabaseConfig as DatabaseConfig
@@ -50,8 +50,6 @@ from cleaner.safety import is_system_directory
 DEFAULT_CONFIG_PATH = Path("/etc/limpeza/limpeza.yml")
 DEFAULT_EXPORTER_ADDRESS = "127.0.0.1:9817"
 
-#: The units a duration may be spelled in (cleaner.report spells them back).
-_UNIT_SECONDS = UNIT_SECONDS
 _PORT_RE = re.compile(r"^[0-9]{1,5}$")
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\]|[A-Za-z0-9_.-]+)$")
 _RULE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -67,15 +65,6 @@ class ConfigError(Exception):
         self.source = source
         head = f"{source}: " if source else ""
         super().__init__(head + "invalid configuration:\n  " + "\n  ".join(self.problems))
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest exact spelling of a duration in the units parse_duration accepts."""
-    for unit in ("w", "d", "h", "m", "s"):
-        size = _UNIT_SECONDS[unit]
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 # --------------------------------------------------------------------------- defaults
