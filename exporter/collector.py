@@ -29,12 +29,8 @@ from prometheus_client.registry import Collector
 
 from cleaner.config import Config, DatabaseConfig
 from cleaner.jobs.cache import CacheError, count_cache, read_cache
-from cleaner.jobs.database import (
-    DatabaseDownError,
-    DatabaseError,
-    KeptConnection,
-    count_database,
-)
+from cleaner.jobs.connection import DatabaseDownError, DatabaseError, KeptConnection
+from cleaner.jobs.database import count_database
 from cleaner.jobs.staleness import JobCounts
 from cleaner.state import ERROR_STAGES, JOB_SOURCES, SKIP_REASONS, State, read_state
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from cleaner.config import ForceCleanConfig, JobsConfig
 from cleaner.jobs.cache import CacheError, rewrite_cache
-from cleaner.jobs.database import Connection, KeptConnection, end_jobs, run_step
+from cleaner.jobs.connection import Connection, KeptConnection, run_step
+from cleaner.jobs.database import end_jobs
 from cleaner.jobs.staleness import record_timestamp
 from cleaner.report import source_summary
 from cleaner.state import StageErrors

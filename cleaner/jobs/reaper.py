@@ -19,15 +19,8 @@ from dataclasses import dataclass, field
 from cleaner.config import JobsConfig
 from cleaner.health import HealthMonitor, HealthResult
 from cleaner.jobs import cache
-from cleaner.jobs.database import (
-    Connection,
-    KeptConnection,
-    ReaperLockHeldError,
-    count_database,
-    end_jobs,
-    run_step,
-    stats_since,
-)
+from cleaner.jobs.connection import Connection, KeptConnection, run_step
+from cleaner.jobs.database import ReaperLockHeldError, count_database, end_jobs, stats_since
 from cleaner.jobs.force_clean import AutoForceClean, ForceCleanReport, force_clean
 from cleaner.jobs.staleness import JobCounts
 from cleaner.report import format_duration, summary

@@ -16,11 +16,9 @@ import psycopg2
 from cleaner.config import JobsConfig
 from cleaner.health import check_health
 from cleaner.jobs.cache import CacheError, count_cache, read_cache
+from cleaner.jobs.connection import DatabaseDownError, connect, describe_error
 from cleaner.jobs.database import (
-    DatabaseDownError,
-    connect,
     count_database,
-    describe_error,
     recommended_index,
     stale_query_index,
     status_column_type,

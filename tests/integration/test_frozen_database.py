@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from cleaner.jobs.database import (
+from cleaner.jobs.connection import (
     CANCEL_GRACE,
     DatabaseDownError,
     KeptConnection,

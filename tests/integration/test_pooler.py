@@ -21,7 +21,8 @@ import psycopg2.extensions
 import pytest
 
 from cleaner.config import Config
-from cleaner.jobs.database import KeptConnection, advisory_key, count_database
+from cleaner.jobs.connection import KeptConnection
+from cleaner.jobs.database import advisory_key, count_database
 from cleaner.state import State
 from devtools.pgbouncer import PgBouncer
 from tests.fixtures.postgres import JobsDatabase

@@ -9,13 +9,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from cleaner.jobs.database import (
-    advisory_key,
-    connect,
-    count_database,
-    stale_query_index,
-    transaction,
-)
+from cleaner.jobs.connection import connect
+from cleaner.jobs.database import advisory_key, count_database, stale_query_index, transaction
 from cleaner.jobs.force_clean import FORCE_CLEAN_REASON
 from cleaner.state import State
 from tests.fixtures.postgres import JobsDatabase

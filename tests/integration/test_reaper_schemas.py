@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from cleaner.jobs.database import connect, count_database
+from cleaner.jobs.connection import connect
+from cleaner.jobs.database import count_database
 from cleaner.state import State
 from tests.fixtures.postgres import JobsDatabase
 from tests.integration.recording import RecordingReaper

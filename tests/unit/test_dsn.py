@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from cleaner import cli
 from cleaner import dsn as dsn_mod
 from cleaner.config import ConfigError, DatabaseConfig, build
-from cleaner.jobs.database import DatabaseDownError, connect, describe_error, mask_dsn
+from cleaner.jobs.connection import DatabaseDownError, connect, describe_error, mask_dsn
 
 #: Nothing listens on port 1 of the loopback: libpq fails at once, with its own words.
 CLOSED = "127.0.0.1:1"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from cleaner.config import ConfigError, build
 from cleaner.jobs.cache import count_cache
-from cleaner.jobs.database import describe_error, mask_dsn
+from cleaner.jobs.connection import describe_error, mask_dsn
 from cleaner.jobs.staleness import JobCounts, is_stale, parse_timestamp, record_timestamp
 
 STALE_AFTER = {"running": 180.0, "queued": 120.0}
