@@ -42,27 +42,9 @@ SYSTEM_DIRECTORIES = frozenset(
     }
 )
 #: Directories whose every direct subdirectory is a system directory too: /etc/ssl,
-#: /usr/lib, /var/lib/postgresql, /home/alice. (Not /var, /srv, /opt nor /run, whose
-#: subdirectories such as /var/tmp or /srv/app are what a cleaner is for.)
-CONTAINERS = frozenset(
-    {
-        "/bin",
-        "/boot",
-        "/dev",
-        "/etc",
-        "/home",
-        "/lib",
-        "/lib32",
-        "/lib64",
-        "/libx32",
-        "/proc",
-        "/root",
-        "/sbin",
-        "/sys",
-        "/usr",
-        "/var/lib",
-    }
-)
+#: /usr/lib, /var/lib/postgresql, /home/alice. Not /, /var, /srv, /opt nor /run, whose
+#: subdirectories such as /var/tmp or /srv/app are what a cleaner is for.
+CONTAINERS = SYSTEM_DIRECTORIES - {"/", "/opt", "/run", "/srv", "/var"}
 
 
 def normal(path: str) -> str:
