@@ -2,7 +2,9 @@
 
 The file is JSON, written to a temporary file in the same directory, fsynced and moved
 over the old one with ``os.replace``, so a reader (the exporter) sees the old or the new
-file, never half of one. A corrupt file is moved aside and counting starts fresh.
+file, never half of one. A corrupt file (not JSON, or JSON that ``validate_state`` refuses:
+a wrong type, a count out of range, a time that is not finite) is moved aside and counting
+starts fresh.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -32,18 +35,135 @@ SKIP_REASONS = ("protected", "symlink", "locked", "not_regular", "mount_point", 
 JOB_SOURCES = ("database", "cache")
 
 
-def _count_map(raw: object) -> dict[str, int]:
-    if not isinstance(raw, dict):
-        return {}
-    return {str(k): int(v) for k, v in raw.items() if isinstance(v, int) and v >= 0}
+#: The largest count a state file may hold (a signed 64-bit integer): beyond it a number is
+#: damage, not something counted.
+MAX_COUNT = 2**63 - 1
 
 
-def _mapping(raw: object) -> dict[str, Any]:
-    return raw if isinstance(raw, dict) else {}
+def _show(value: object) -> str:
+    """A value read from the file, fit for a message: JSON, at most 40 characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _key(path: str, key: str) -> str:
+    return f"{path}[{json.dumps(key, ensure_ascii=True)}]"
 
 
 def _opt_float(raw: object) -> float | None:
-    return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
+    return float(raw) if isinstance(raw, int | float) else None
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+
+
+def _is_seconds(value: object) -> bool:
+    """A finite, non-negative number (a time since the epoch or a duration)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+class _Checker:
+    """Collects every problem of a parsed state file, each with its key path."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, path: str, expected: str, value: object) -> None:
+        self.problems.append(f"{path}: expected {expected}, got {_show(value)}")
+
+    def count(self, path: str, value: object, *, nullable: bool = False) -> None:
+        if not (_is_count(value) or (nullable and value is None)):
+            self.fail(path, "a count (an integer from 0 to 2**63-1)", value)
+
+    def seconds(self, path: str, value: object) -> None:
+        if value is not None and not _is_seconds(value):
+            self.fail(path, "a finite number of seconds, not negative, or null", value)
+
+    def boolean(self, path: str, value: object) -> None:
+        if value is not None and not isinstance(value, bool):
+            self.fail(path, "true, false or null", value)
+
+    def mapping(self, path: str, value: object) -> dict[str, Any] | None:
+        if isinstance(value, dict):
+            return value
+        self.fail(path, "an object", value)
+        return None
+
+    def counts(self, path: str, value: object) -> None:
+        for key, number in (self.mapping(path, value) or {}).items():
+            self.count(_key(path, key), number)
+
+
+#: Top-level keys that hold a count (absent in an older file: 0).
+_COUNT_KEYS = ("force_cleans", "reaps_skipped", "sweeps")
+#: Top-level keys that hold counts by name.
+_COUNT_MAP_KEYS = ("files_removed", "bytes_removed", "skipped", "errors")
+#: Top-level keys that hold a time or a duration in seconds, or null.
+_SECONDS_KEYS = ("last_sweep_start", "last_sweep_end", "last_sweep_duration", "last_success")
+
+
+def validate_state(raw: object) -> list[str]:
+    """Every problem of a parsed state file, each with its key path; none for a good one.
+
+    A pure function of what ``json.loads`` returned, for every reader of the file (the
+    cleaner, its commands and the exporter). Counts are integers from 0 to MAX_COUNT,
+    times and durations finite and not negative; a key that is absent takes its default
+    (a file written before the key existed), one that is present has the right type.
+    Keys it does not know are ignored.
+    """
+    check = _Checker()
+    if not isinstance(raw, dict):
+        check.fail("(top)", "an object", raw)
+        return check.problems
+    version = raw.get("version")
+    if not (_is_count(version) and version == STATE_VERSION):
+        check.fail("version", str(STATE_VERSION), version)
+        return check.problems  # another format: its keys mean something else
+    for name in _COUNT_KEYS:
+        if name in raw:
+            check.count(name, raw[name])
+    for name in _COUNT_MAP_KEYS:
+        if name in raw:
+            check.counts(name, raw[name])
+    if "jobs_reaped" in raw:
+        for source, per_status in (check.mapping("jobs_reaped", raw["jobs_reaped"]) or {}).items():
+            check.counts(_key("jobs_reaped", source), per_status)
+    for name in _SECONDS_KEYS:
+        check.seconds(name, raw.get(name))
+    if "directories" in raw:
+        for directory, usage in (check.mapping("directories", raw["directories"]) or {}).items():
+            where = _key("directories", directory)
+            fields = check.mapping(where, usage)
+            if fields is not None:
+                for name in ("files", "bytes"):
+                    if name not in fields:
+                        check.problems.append(f"{where}.{name}: missing")
+                    else:
+                        check.count(f"{where}.{name}", fields[name])
+    missing = raw.get("missing_directories", [])
+    if not isinstance(missing, list):
+        check.fail("missing_directories", "a list of paths", missing)
+    else:
+        for index, directory in enumerate(missing):
+            if not isinstance(directory, str):
+                check.fail(f"missing_directories[{index}]", "a path", directory)
+    if "api" in raw:
+        api = check.mapping("api", raw["api"]) or {}
+        check.boolean("api.up", api.get("up"))
+        check.count("api.jobs_active", api.get("jobs_active"), nullable=True)
+        check.seconds("api.checked_at", api.get("checked_at"))
+    check.boolean("database_up", raw.get("database_up"))
+    check.count("jobs_active", raw.get("jobs_active"), nullable=True)
+    return check.problems
 
 
 @dataclass
@@ -176,42 +296,42 @@ class State:
 
     @classmethod
     def from_dict(cls, raw: object) -> State:
-        """Builds a State from parsed JSON; raises ValueError when it is not a state file."""
-        if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
-            raise ValueError(f"not a limpeza state file of version {STATE_VERSION}")
-        dirs = _mapping(raw.get("directories"))
-        api = _mapping(raw.get("api"))
-        reaped = _mapping(raw.get("jobs_reaped"))
-        api_active = api.get("jobs_active")
-        jobs_active = raw.get("jobs_active")
+        """Builds a State from parsed JSON; raises ValueError when it is not a state file.
+
+        Every problem validate_state finds makes the file unusable: the message names the
+        first few, with their key paths.
+        """
+        problems = validate_state(raw)
+        if problems:
+            shown = "; ".join(problems[:3])
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise ValueError(f"not a limpeza state file of version {STATE_VERSION}: {shown}{more}")
+        assert isinstance(raw, dict)
+        dirs: dict[str, dict[str, int]] = raw.get("directories") or {}
+        api: dict[str, Any] = raw.get("api") or {}
+        reaped: dict[str, dict[str, int]] = raw.get("jobs_reaped") or {}
         return cls(
-            files_removed=_count_map(raw.get("files_removed")),
-            bytes_removed=_count_map(raw.get("bytes_removed")),
-            skipped=_count_map(raw.get("skipped")),
-            errors=_count_map(raw.get("errors")),
-            jobs_reaped={str(k): _count_map(v) for k, v in reaped.items()},
-            force_cleans=int(raw.get("force_cleans") or 0),
-            reaps_skipped=int(raw.get("reaps_skipped") or 0),
-            sweeps=int(raw.get("sweeps") or 0),
+            files_removed=dict(raw.get("files_removed") or {}),
+            bytes_removed=dict(raw.get("bytes_removed") or {}),
+            skipped=dict(raw.get("skipped") or {}),
+            errors=dict(raw.get("errors") or {}),
+            jobs_reaped={source: dict(counts) for source, counts in reaped.items()},
+            force_cleans=raw.get("force_cleans", 0),
+            reaps_skipped=raw.get("reaps_skipped", 0),
+            sweeps=raw.get("sweeps", 0),
             last_sweep_start=_opt_float(raw.get("last_sweep_start")),
             last_sweep_end=_opt_float(raw.get("last_sweep_end")),
             last_sweep_duration=_opt_float(raw.get("last_sweep_duration")),
             last_success=_opt_float(raw.get("last_success")),
-            directories={
-                str(d): DirectoryUsage(int(u.get("files", 0)), int(u.get("bytes", 0)))
-                for d, u in dirs.items()
-                if isinstance(u, dict)
-            },
-            missing_directories=[
-                str(d) for d in raw.get("missing_directories") or [] if isinstance(d, str)
-            ],
+            directories={d: DirectoryUsage(u["files"], u["bytes"]) for d, u in dirs.items()},
+            missing_directories=list(raw.get("missing_directories") or []),
             api=ApiHealth(
-                up=api.get("up") if isinstance(api.get("up"), bool) else None,
-                jobs_active=api_active if isinstance(api_active, int) else None,
+                up=api.get("up"),
+                jobs_active=api.get("jobs_active"),
                 checked_at=_opt_float(api.get("checked_at")),
             ),
-            database_up=raw["database_up"] if isinstance(raw.get("database_up"), bool) else None,
-            jobs_active=jobs_active if isinstance(jobs_active, int) else None,
+            database_up=raw.get("database_up"),
+            jobs_active=raw.get("jobs_active"),
         )
 
 
@@ -223,6 +343,8 @@ def read_state(path: Path) -> State:
         raw = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("not valid JSON: nested too deep") from None
     return State.from_dict(raw)
 
 
