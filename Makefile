@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Debian packages the demo and the test tiers use (installed only where missing).
 APT_PACKAGES := python3-venv findutils util-linux procps postgresql prometheus \
 	prometheus-alertmanager debootstrap systemd-container openssh-client curl time \
-	pgbouncer
+	pgbouncer openssl
 PYTEST_ARGS ?=
 
 .PHONY: help setup packages venv demo test lint unit integration host bench bench-quick clean

@@ -12,6 +12,10 @@ ignores the ``extra_float_digits`` and ``options`` startup parameters, and in tr
 mode it runs no reset query, so whatever a client leaves set on a server connection is
 seen by the next client that gets it: exactly what the tests look for.
 
+``start_pgbouncer(server, tls=certificate)`` (``devtools.tls``) makes clients speak TLS to
+it (``client_tls_sslmode = require``), as Supabase's pooler does; it reaches the server as
+the server allows.
+
 PgBouncer refuses to run as root; as root it runs as the cluster's unprivileged owner.
 """
 
@@ -29,6 +33,7 @@ from typing import ClassVar
 
 from devtools.postgres import ROLE, ROLE_PASSWORD, PostgresServer, cluster_owner
 from devtools.process import MissingRequirementError, ServerProcess, free_port
+from devtools.tls import ServerCertificate
 
 POOL_MODES = ("session", "transaction", "statement")
 
@@ -90,8 +95,10 @@ def write_config(
     pool_size: int,
     users: Mapping[str, str],
     settings: str = "",
+    tls: ServerCertificate | None = None,
 ) -> Path:
-    """pgbouncer.ini and userlist.txt in ``base``; the path of the ini file."""
+    """pgbouncer.ini and userlist.txt in ``base`` (and the TLS certificate and key when
+    ``tls``); the path of the ini file."""
     if pool_mode not in POOL_MODES:
         raise ValueError(f"pool_mode must be one of {POOL_MODES}, not {pool_mode!r}")
     userlist = base / "userlist.txt"
@@ -99,6 +106,17 @@ def write_config(
         "".join(f"{_quote(user)} {_quote(password)}\n" for user, password in users.items()),
         encoding="utf-8",
     )
+    client_tls = ""
+    if tls is not None:
+        cert, key = base / "client_tls.crt", base / "client_tls.key"
+        shutil.copyfile(tls.cert, cert)
+        shutil.copyfile(tls.key, key)
+        key.chmod(0o600)
+        client_tls = (
+            "client_tls_sslmode = require\n"
+            f"client_tls_cert_file = {cert}\n"
+            f"client_tls_key_file = {key}\n"
+        )
     ini = base / "pgbouncer.ini"
     ini.write_text(
         "[databases]\n"
@@ -121,7 +139,7 @@ def write_config(
         "server_login_retry = 1\n"
         "log_connections = 0\n"
         "log_disconnections = 0\n"
-        "log_pooler_errors = 1\n" + settings,
+        "log_pooler_errors = 1\n" + client_tls + settings,
         encoding="utf-8",
     )
     return ini
@@ -135,11 +153,13 @@ def start_pgbouncer(
     parent: Path | None = None,
     users: Mapping[str, str] | None = None,
     settings: str = "",
+    tls: ServerCertificate | None = None,
 ) -> PgBouncer:
     """A PgBouncer in a new directory (under ``parent``) in front of ``server``.
 
     ``users`` (default: the test role) may log in with these passwords; ``settings`` is
-    appended to the ``[pgbouncer]`` section. The caller stops it and removes ``base``.
+    appended to the ``[pgbouncer]`` section; with ``tls`` clients must use TLS and are
+    shown that certificate. The caller stops it and removes ``base``.
     """
     program = pgbouncer_bin()
     owner = cluster_owner()
@@ -153,6 +173,7 @@ def start_pgbouncer(
         pool_size=pool_size,
         users=users if users is not None else {ROLE: ROLE_PASSWORD},
         settings=settings,
+        tls=tls,
     )
     argv = [program, str(ini)]
     if owner is not None:

@@ -6,6 +6,10 @@ started again (``stop()``/``start()``), so a test can take the database away fro
 reaper. PostgreSQL refuses to run as root, so when this runs as root the cluster belongs to
 an unprivileged user (``postgres`` when the server package created it, else ``nobody``).
 
+``cluster(tls=certificate)`` turns TLS on with a server certificate (``devtools.tls``):
+the server then accepts the password-protected roles over TLS only (``hostssl``), so a
+client that connects at all went through TLS.
+
 ``fresh_jobs_database()`` makes a database with a ``jobs`` table like the API's, owned by a
 password-protected login role (``create_test_role()``), with helpers to insert jobs of given
 ages and read them back.
@@ -31,6 +35,7 @@ from psycopg2 import sql
 
 from cleaner.config import Config, build
 from devtools.process import MissingRequirementError, free_port
+from devtools.tls import ServerCertificate
 
 SUPERUSER = "postgres"
 ROLE = "limpeza_test"
@@ -109,9 +114,10 @@ class PostgresServer:
                 f"server log:\n{log_tail}"
             )
 
-    def init(self, settings: str = "") -> None:
+    def init(self, settings: str = "", tls: ServerCertificate | None = None) -> None:
         """``initdb`` with settings for a throwaway cluster; ``settings`` is appended to
-        postgresql.conf after them (and so wins)."""
+        postgresql.conf after them (and so wins). With ``tls`` the server speaks TLS with
+        that certificate and takes every role but the superuser over TLS only."""
         self.data_dir.mkdir(mode=0o700)
         self._log.touch()
         if self.owner is not None:
@@ -140,12 +146,27 @@ class PostgresServer:
                 "max_connections = 100\n"
                 "log_min_messages = warning\n"
             )
+            if tls is not None:
+                conf.write(self._install_tls(tls))
             if settings:
                 conf.write(settings)
+        others = "hostssl" if tls is not None else "host"
         (self.data_dir / "pg_hba.conf").write_text(
-            f"host all {SUPERUSER} 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+            f"host all {SUPERUSER} 127.0.0.1/32 trust\n"
+            f"{others} all all 127.0.0.1/32 scram-sha-256\n",
             encoding="utf-8",
         )
+
+    def _install_tls(self, tls: ServerCertificate) -> str:
+        """Copies the certificate and key into the data directory, owned by the server's
+        user with the key 0600 as PostgreSQL demands; the settings that use them."""
+        for source, name in ((tls.cert, "server.crt"), (tls.key, "server.key")):
+            target = self.data_dir / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            if self.owner is not None:
+                os.chown(target, self.owner.pw_uid, self.owner.pw_gid)
+        return "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
 
     def start(self) -> None:
         """Starts the server and waits (at most 60 s) until it accepts connections."""
@@ -196,10 +217,12 @@ def cluster(
     parent: Path | None = None,
     settings: str = "",
     stop_mode: str = "immediate",
+    tls: ServerCertificate | None = None,
 ) -> Iterator[PostgresServer]:
     """A running cluster in a new directory (under ``parent``), always stopped and removed.
 
-    ``settings`` goes into postgresql.conf after the throwaway defaults (fsync off...).
+    ``settings`` goes into postgresql.conf after the throwaway defaults (fsync off...);
+    ``tls`` turns TLS on with that certificate (see ``PostgresServer.init``).
     """
     binaries, owner = bin_dir(), cluster_owner()
     base = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
@@ -207,7 +230,7 @@ def cluster(
     base.chmod(0o755)
     server = PostgresServer(binaries, base, free_port(), owner)
     try:
-        server.init(settings)
+        server.init(settings, tls)
         server.start()
         yield server
     finally:
