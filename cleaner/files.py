@@ -32,6 +32,7 @@ from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from cleaner.config import FilesConfig, Rule
 from cleaner.memory import STATIC_SKIPS, DirectoryTally, Seen, SweepMemory
+from cleaner.mounts import MountPoints
 from cleaner.patterns import Globs, RuleSet, is_protected, match_rule
 from cleaner.report import format_bytes
 from cleaner.state import SKIP_REASONS, DirectoryUsage
@@ -147,18 +148,28 @@ NO_HOOKS = SweepHooks()
 
 
 class Candidate:
-    """A regular file that matches a rule, seen through its parent's descriptor."""
+    """A regular file that matches a rule, seen through its parent's descriptor.
 
-    __slots__ = ("dir_fd", "directory", "name", "rule", "st")
+    ``mount`` is the mount id of the walk's root (None: the parent directory's is asked).
+    """
+
+    __slots__ = ("dir_fd", "directory", "mount", "name", "rule", "st")
 
     def __init__(
-        self, dir_fd: int, directory: str, name: str, rule: Rule, st: os.stat_result
+        self,
+        dir_fd: int,
+        directory: str,
+        name: str,
+        rule: Rule,
+        st: os.stat_result,
+        mount: int | None = None,
     ) -> None:
         self.dir_fd = dir_fd
         self.directory = directory
         self.name = name
         self.rule = rule
         self.st = st
+        self.mount = mount
 
     @property
     def path(self) -> str:
@@ -185,8 +196,13 @@ class Walker:
         memory: SweepMemory | None = None,
         hooks: SweepHooks = NO_HOOKS,
         other_roots: frozenset[tuple[int, int]] = frozenset(),
+        mounts: MountPoints | None = None,
     ) -> None:
         self.root = root
+        #: Mount points are told by mount id: a bind mount of the same filesystem has the
+        #: same st_dev as the directory it is mounted in.
+        self.mounts = MountPoints.detect((root,)) if mounts is None else mounts
+        self.root_mount: int | None = None
         #: (st_dev, st_ino) of the other configured roots: a subdirectory that is one is
         #: swept by its own rules, never also by this root's (the more specific one wins,
         #: as in systemd-tmpfiles), and its files are counted once.
@@ -214,7 +230,13 @@ class Walker:
         except OSError as exc:
             self._error("cannot open directory", str(self.root), exc)
             return
-        root_dev = os.fstat(root_fd).st_dev
+        try:
+            root_dev = os.fstat(root_fd).st_dev
+            self.root_mount = self.mounts.of(root_fd)
+        except OSError as exc:
+            os.close(root_fd)
+            self._error("cannot stat directory", str(self.root), exc)
+            return
         yield from self._directory(root_fd, str(self.root), root_dev, self.rules)
 
     def _directory(
@@ -266,6 +288,8 @@ class Walker:
                 candidate = self._entry(
                     entry.name, dir_fd, directory, root_dev, rules, tally, subdirs
                 )
+                if candidate is not None:
+                    candidate.mount = self.root_mount
                 if candidate is not None:
                     tally.clean = False  # something to remove: read it again next time
                     yield candidate
@@ -346,9 +370,17 @@ class Walker:
                 return None
             self._error("cannot open directory", _display(directory, name), exc)
             return None
-        if os.fstat(fd).st_dev != root_dev:
+        try:
+            st = os.fstat(fd)
+            crossed = st.st_dev != root_dev or self.mounts.crosses_fd(self.root_mount, fd, st)
+        except OSError as exc:
+            os.close(fd)
+            self._error("cannot stat directory", _display(directory, name), exc)
+            return None
+        if crossed:
             os.close(fd)
             self.result.skip("mount_point")
+            log.debug("not crossing mount point %s", _display(directory, name))
             return None
         return fd
 
@@ -361,10 +393,27 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and S_ISREG(b.st_mode)
 
 
+def _is_mount_point(candidate: Candidate, fd: int, mounts: MountPoints | None) -> bool:
+    """Whether the candidate (open as ``fd``, or -1) is on another mount than its root."""
+    if mounts is None:
+        mounts = MountPoints.detect((Path(candidate.directory),))
+    mount = candidate.mount if candidate.mount is not None else mounts.of(candidate.dir_fd)
+    if fd >= 0:
+        return mounts.crosses_fd(mount, fd, candidate.st)
+    return mounts.crosses(mount, candidate.dir_fd, candidate.name, candidate.st)
+
+
 def remove_candidate(
-    candidate: Candidate, result: SweepResult, dry_run: bool, hooks: SweepHooks = NO_HOOKS
+    candidate: Candidate,
+    result: SweepResult,
+    dry_run: bool,
+    hooks: SweepHooks = NO_HOOKS,
+    mounts: MountPoints | None = None,
 ) -> bool:
-    """Removes one candidate if it is still the same, unlocked regular file."""
+    """Removes one candidate if it is still the same, unlocked regular file.
+
+    A file that is a mount point (a file bind-mounted onto it) is never removed.
+    """
     if hooks.before_open is not None:
         hooks.before_open(candidate.path)
     try:
@@ -381,10 +430,22 @@ def remove_candidate(
             return False
         fd = -1  # unreadable: no lock can be taken through it; unlink needs no read access
     try:
+        if fd >= 0 and not _same_file(candidate.st, os.fstat(fd)):
+            result.skip("changed")
+            return False
+        try:
+            mounted = _is_mount_point(candidate, fd, mounts)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            result.errors += 1
+            log.error("cannot stat %s: %s", candidate.path, exc.strerror or exc)
+            return False
+        if mounted:
+            result.skip("mount_point")
+            log.debug("not removing mount point %s", candidate.path)
+            return False
         if fd >= 0:
-            if not _same_file(candidate.st, os.fstat(fd)):
-                result.skip("changed")
-                return False
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -438,6 +499,7 @@ def sweep(
     should_stop: Callable[[], bool] = lambda: False,
     memory: SweepMemory | None = None,
     hooks: SweepHooks = NO_HOOKS,
+    mounts: MountPoints | None = None,
 ) -> SweepResult:
     """One pass over every configured directory.
 
@@ -446,6 +508,7 @@ def sweep(
     ``memory`` (the daemon's, kept between cycles) lets directories that provably hold
     nothing new nor expired go unread; it is not used with ``dry_run`` or ``max_age``.
     ``hooks`` are called at the points they name (see SweepHooks); none by default.
+    ``mounts`` tells mount points (default: by mount id where the kernel gives it).
     """
     result = SweepResult(dry_run=dry_run, removed={r.name: RuleTally() for r in files.rules})
     result.skipped = dict.fromkeys(SKIP_REASONS, 0)
@@ -454,6 +517,8 @@ def sweep(
     if memory is not None:
         memory.begin(files)
     roots = root_identities(files.all_directories())
+    if mounts is None:
+        mounts = MountPoints.detect(files.all_directories())
     for root in files.all_directories():
         rules = tuple(r for r in files.rules if root in r.directories)
         usage = result.directories.setdefault(str(root), DirectoryUsage())
@@ -468,9 +533,10 @@ def sweep(
             memory=memory,
             hooks=hooks,
             other_roots=frozenset(v for k, v in roots.items() if k != root),
+            mounts=mounts,
         )
         for candidate in walker.candidates():
-            if remove_candidate(candidate, result, dry_run, hooks):
+            if remove_candidate(candidate, result, dry_run, hooks, mounts):
                 st = candidate.st
                 tally = result.removed[candidate.rule.name]
                 tally.files += 1

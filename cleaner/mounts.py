@@ -1,0 +1,155 @@
+"""Mount points: whether a directory entry is the top of another mount than its directory.
+
+Comparing ``st_dev`` is not enough: a bind mount of the same filesystem has the same device
+as the directory it is mounted in, so a walk that compares devices only crosses it. The
+reliable identity is the mount's id: ``statx`` returns it (``STATX_MNT_ID``, Linux 5.8,
+glibc 2.28), and an entry whose mount id differs from its directory's is a mount point,
+a directory or a file (a file can be bind-mounted onto another).
+
+Where ``statx`` cannot say (an older kernel or C library), the mount points listed in
+``/proc/self/mountinfo`` under the swept roots are the fallback: any entry with the
+``(st_dev, st_ino)`` of one of them is taken for a mount point. That errs on the safe side:
+the directory a bind mount shows is also skipped where it lies itself, inside a root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+#: From <linux/stat.h> and <fcntl.h>.
+STATX_MNT_ID = 0x1000
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_NO_AUTOMOUNT = 0x800
+AT_EMPTY_PATH = 0x1000
+#: struct statx is 256 bytes; stx_mask is its first __u32 and stx_mnt_id the __u64 at 144.
+_STATX_SIZE = 256
+_MNT_ID_OFFSET = 144
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+class _Statx:
+    """ctypes access to the C library's ``statx``, for the mount id only."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.statx  # AttributeError when the C library has none
+        function.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+        ]
+        function.restype = ctypes.c_int
+        self._function = function
+        self._buffer = ctypes.create_string_buffer(_STATX_SIZE)
+
+    def mount_id(self, dir_fd: int, name: str | bytes) -> int | None:
+        """The mount id of ``name`` in ``dir_fd`` (``""``: ``dir_fd`` itself), not followed.
+
+        None when the kernel did not fill it in; raises OSError when ``statx`` fails.
+        """
+        path = os.fsencode(name)
+        flags = AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | (0 if path else AT_EMPTY_PATH)
+        buffer = self._buffer
+        if self._function(dir_fd, path, flags, STATX_MNT_ID, buffer) != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, os.strerror(number), os.fsdecode(path))
+        raw = buffer.raw
+        if not int.from_bytes(raw[0:4], sys.byteorder) & STATX_MNT_ID:
+            return None
+        return int.from_bytes(raw[_MNT_ID_OFFSET : _MNT_ID_OFFSET + 8], sys.byteorder)
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: the kernel writes space, tab, newline and backslash in octal."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_points_under(roots: Iterable[Path], mountinfo: Path = MOUNTINFO) -> list[str]:
+    """The mount points that ``mountinfo`` lists at or below one of ``roots`` (resolved)."""
+    prefixes = [os.path.realpath(root) for root in roots]
+    found: list[str] = []
+    try:
+        text = mountinfo.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return found
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        point = _unescape(fields[4])
+        for prefix in prefixes:
+            if point == prefix or point.startswith(prefix.rstrip("/") + "/"):
+                found.append(point)
+                break
+    return found
+
+
+class MountPoints:
+    """Tells the entries that are mount points, by mount id where the kernel gives it.
+
+    ``of(fd)`` is the mount of an open directory; ``crosses(mount, dir_fd, name, st)``
+    says whether entry ``name`` of ``dir_fd`` (whose ``lstat`` is ``st``) lies on another
+    mount than ``mount``. Build one per sweep with ``detect(roots)``.
+    """
+
+    def __init__(self, statx: _Statx | None, tops: frozenset[tuple[int, int]]) -> None:
+        self._statx = statx
+        #: (st_dev, st_ino) of the mount points under the roots: the fallback's knowledge.
+        self._tops = tops
+
+    @property
+    def by_id(self) -> bool:
+        """Whether mount ids are compared (else the mountinfo fallback is used)."""
+        return self._statx is not None
+
+    @classmethod
+    def detect(
+        cls, roots: Iterable[Path], *, use_statx: bool = True, mountinfo: Path = MOUNTINFO
+    ) -> MountPoints:
+        """By mount id when ``statx`` gives one for ``/``, else from ``mountinfo``."""
+        roots = list(roots)
+        if use_statx:
+            try:
+                statx = _Statx()
+                if statx.mount_id(AT_FDCWD, "/") is not None:
+                    return cls(statx, frozenset())
+            except (AttributeError, OSError):
+                pass
+        tops: set[tuple[int, int]] = set()
+        for point in mount_points_under(roots, mountinfo):
+            try:
+                st = os.stat(point, follow_symlinks=False)
+            except OSError:
+                continue
+            tops.add((st.st_dev, st.st_ino))
+        return cls(None, frozenset(tops))
+
+    def of(self, fd: int) -> int | None:
+        """The mount id of the open ``fd`` (None in the fallback, which needs none)."""
+        if self._statx is None:
+            return None
+        return self._statx.mount_id(fd, "")
+
+    def crosses(self, mount: int | None, dir_fd: int, name: str, st: os.stat_result) -> bool:
+        """Whether ``name`` in ``dir_fd`` (lstat ``st``) is on another mount than ``mount``.
+
+        Raises OSError when it cannot be looked at (FileNotFoundError: it is gone).
+        """
+        if self._statx is None or mount is None:
+            return (st.st_dev, st.st_ino) in self._tops
+        return self._statx.mount_id(dir_fd, name) != mount
+
+    def crosses_fd(self, mount: int | None, fd: int, st: os.stat_result) -> bool:
+        """Whether the open ``fd`` (fstat ``st``) is on another mount than ``mount``."""
+        if self._statx is None or mount is None:
+            return (st.st_dev, st.st_ino) in self._tops
+        return self._statx.mount_id(fd, "") != mount
