@@ -6,8 +6,9 @@ Every problem is collected with its key path and reported at once, e.g.
 This module is the schema: DEFAULTS (every key with its default: the example file, the
 Ansible roles and the READMEs are tested against it), its SECTIONS and KEYS, and build(),
 which checks a raw mapping key by key and makes the typed objects of cleaner.config_types
-(import them from here). The value readers are in cleaner.config_reader, what the
-environment may set in cleaner.config_env.
+(import them from here). The value readers are in cleaner.config_reader, the ``files``
+section's rules and safety checks in cleaner.config_files, what the environment may set in
+cleaner.config_env.
 
 build() and load_text() read neither the environment nor the disk: callers pass the
 environment in. load() reads the file it is given and the ``.env`` file beside it (never
@@ -35,6 +36,7 @@ from cleaner.config_env import (
     env_overrides,
     read_dotenv,
 )
+from cleaner.config_files import read_files
 from cleaner.config_reader import MAX_INTERVAL, MAX_TIMEOUT, Reader, show
 from cleaner.config_reader import parse_duration as parse_duration
 from cleaner.config_types import Config as Config
@@ -44,17 +46,13 @@ from cleaner.config_types import FilesConfig as FilesConfig
 from cleaner.config_types import ForceCleanConfig as ForceCleanConfig
 from cleaner.config_types import JobsConfig as JobsConfig
 from cleaner.config_types import Rule as Rule
-from cleaner.patterns import glob_problem, is_catch_all
-from cleaner.safety import is_system_directory
 
 DEFAULT_CONFIG_PATH = Path("/etc/limpeza/limpeza.yml")
 DEFAULT_EXPORTER_ADDRESS = "127.0.0.1:9817"
 
 _PORT_RE = re.compile(r"^[0-9]{1,5}$")
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\]|[A-Za-z0-9_.-]+)$")
-_RULE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _STATUS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_RULE_KEYS = ("name", "pattern", "max_age", "directories", "recursive", "allow_dangerous")
 
 
 class ConfigError(Exception):
@@ -213,7 +211,7 @@ def build(raw: object, *, env: Mapping[str, str], source: str = "") -> Config:
         state_file=reader.abs_path(top["state_file"], "state_file"),
         audit_log=reader.optional_path(top["audit_log"], "audit_log"),
         log_level=log_level,
-        files=_files(reader, top["files"]),
+        files=read_files(reader, top["files"], DEFAULTS["files"]),
         jobs=_jobs(reader, top["jobs"], env),
         exporter=_exporter(reader, top["exporter"]),
         source=source,
@@ -222,110 +220,6 @@ def build(raw: object, *, env: Mapping[str, str], source: str = "") -> Config:
     if reader.problems:
         raise ConfigError(reader.problems, source)
     return config
-
-
-def _files(reader: Reader, raw: object) -> FilesConfig:
-    section = reader.mapping(raw, "files", DEFAULTS["files"].keys())
-    section = {**DEFAULTS["files"], **section}
-    directories = reader.path_list(section["directories"], "files.directories")
-    protect = reader.string_list(section["protect"], "files.protect")
-    for i, glob in enumerate(protect):
-        if "/" in glob:
-            reader.fail(
-                f"files.protect[{i}]",
-                "protects base names only, and a glob with '/' matches no base name, so it "
-                f"would protect nothing; name the file's base name, got {show(glob)}",
-            )
-        elif glob and glob_problem(glob):
-            reader.fail(f"files.protect[{i}]", f"{glob_problem(glob)}, got {show(glob)}")
-    rules: list[Rule] = []
-    raw_rules = section["rules"]
-    if not isinstance(raw_rules, list):
-        reader.fail("files.rules", f"expected a list of rules, got {show(raw_rules)}")
-        raw_rules = []
-    names: set[str] = set()
-    for i, raw_rule in enumerate(raw_rules):
-        path = f"files.rules[{i}]"
-        entry = reader.mapping(raw_rule, path, _RULE_KEYS)
-        for key in ("name", "pattern", "max_age"):
-            if key not in entry and isinstance(raw_rule, dict):
-                reader.fail(f"{path}.{key}", "is required")
-        name = reader.string(entry.get("name", "x"), f"{path}.name")
-        if name and not _RULE_NAME_RE.match(name):
-            reader.fail(
-                f"{path}.name", f"expected lower_snake_case (a metric label), got {show(name)}"
-            )
-        if name in names:
-            reader.fail(f"{path}.name", f"duplicate rule name {show(name)}")
-        names.add(name)
-        pattern = reader.string(entry.get("pattern", "x"), f"{path}.pattern")
-        if "/" in pattern:
-            reader.fail(
-                f"{path}.pattern", f"matches base names only; no '/' allowed, got {show(pattern)}"
-            )
-        rule_dirs = (
-            reader.path_list(entry["directories"], f"{path}.directories")
-            if "directories" in entry
-            else directories
-        )
-        if not rule_dirs:
-            reader.fail(f"{path}.directories", "no directory to sweep (set files.directories)")
-        dirs_key = f"{path}.directories" if "directories" in entry else "files.directories"
-        dangerous = reader.boolean(entry.get("allow_dangerous", False), f"{path}.allow_dangerous")
-        _check_rule_safety(reader, path, pattern, rule_dirs, dirs_key, dangerous)
-        rules.append(
-            Rule(
-                name=name,
-                pattern=pattern,
-                max_age=reader.duration(entry.get("max_age", 0), f"{path}.max_age"),
-                directories=rule_dirs,
-                recursive=reader.boolean(entry.get("recursive", False), f"{path}.recursive"),
-            )
-        )
-    templates: dict[str, tuple[str, ...]] = {}
-    for key in ("session_files", "final_files"):
-        templates[key] = reader.string_list(section[key], f"files.{key}")
-        for i, template in enumerate(templates[key]):
-            if template and ("{id}" not in template or "/" in template):
-                reader.fail(
-                    f"files.{key}[{i}]",
-                    f"expected a base name containing {{id}}, got {show(template)}",
-                )
-    return FilesConfig(
-        directories, protect, tuple(rules), templates["session_files"], templates["final_files"]
-    )
-
-
-def _check_rule_safety(
-    reader: Reader,
-    path: str,
-    pattern: str,
-    directories: tuple[Path, ...],
-    dirs_key: str,
-    dangerous: bool,
-) -> None:
-    """A rule's pattern must be a glob fnmatch(3) takes as meant; without allow_dangerous
-    it may not sweep a system directory nor take every name (see cleaner.safety)."""
-    problem = glob_problem(pattern) if pattern else None
-    if problem:
-        reader.fail(f"{path}.pattern", f"{problem}, got {show(pattern)}")
-    if dangerous:
-        return
-    if pattern and is_catch_all(pattern):
-        reader.fail(
-            f"{path}.pattern",
-            f"{show(pattern)} has no literal character but dots: it selects every name, not "
-            "one kind of temporary file; name the files (session_*.json), or set "
-            f"{path}.allow_dangerous: true if removing everything there is meant",
-        )
-    for j, directory in enumerate(directories):
-        if is_system_directory(str(directory)):
-            reader.fail(
-                f"{dirs_key}[{j}]",
-                f"{show(str(directory))} is a system directory (/, /etc, /usr, /home, /var/lib "
-                "and the like, or directly in one): no rule sweeps it unless it sets "
-                f"allow_dangerous: true ({path} does not)",
-            )
 
 
 def _jobs(reader: Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:
