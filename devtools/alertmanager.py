@@ -216,18 +216,12 @@ class AlertmanagerServer(ServerProcess):
         timeout: float = 30.0,
     ) -> list[dict[str, Any]]:
         """Polls the alert list until ``predicate`` holds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_running()
-            alerts = self.alerts()
-            if predicate(alerts):
-                return alerts
-            if time.monotonic() > deadline:
-                raise AlertmanagerError(
-                    f"alerts still {json.dumps(alerts, indent=1)} after {timeout:.0f}s\n"
-                    f"{self.log_tail()}"
-                )
-            time.sleep(0.2)
+        return self.poll_until(
+            self.alerts,
+            predicate,
+            lambda alerts: f"alerts still {json.dumps(alerts, indent=1)}",
+            timeout,
+        )
 
 
 def start_alertmanager(config: Mapping[str, Any] | Path) -> AlertmanagerServer:

@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import requests
+
+T = TypeVar("T")
 
 
 class MissingRequirementError(RuntimeError):
@@ -144,13 +146,29 @@ class ServerProcess:
     ) -> None:
         """Polls ``ready`` until it holds; raises ``ERROR`` (``what`` after ``timeout``) or as
         soon as the program exits."""
+        self.poll_until(ready, bool, lambda _: what, timeout, step)
+
+    def poll_until(
+        self,
+        fetch: Callable[[], T],
+        predicate: Callable[[T], bool],
+        describe: Callable[[T], str],
+        timeout: float = 60.0,
+        step: float = 0.2,
+    ) -> T:
+        """Calls ``fetch`` until ``predicate`` holds for what it returned, and returns that.
+
+        Raises ``ERROR`` as soon as the program exits, or after ``timeout`` with
+        ``describe(last value)`` and the log's tail.
+        """
         deadline = time.monotonic() + timeout
         while True:
             self.check_running()
-            if ready():
-                return
+            value = fetch()
+            if predicate(value):
+                return value
             if time.monotonic() > deadline:
-                raise self.ERROR(f"{what} after {timeout:.0f}s:\n{self.log_tail()}")
+                raise self.ERROR(f"{describe(value)} after {timeout:.0f}s:\n{self.log_tail()}")
             time.sleep(step)
 
     def answers(self, path: str, timeout: float = 2.0) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,19 +87,13 @@ class PrometheusServer(ServerProcess):
         timeout: float = 60.0,
     ) -> list[dict[str, Any]]:
         """Polls ``expr`` until ``predicate(results)`` holds (by default: any result)."""
-        deadline = time.monotonic() + timeout
-        results: list[dict[str, Any]] = []
-        while True:
-            self.check_running()
-            results = self.query(expr)
-            if predicate(results):
-                return results
-            if time.monotonic() > deadline:
-                raise PrometheusError(
-                    f"{expr} still gives {results} after {timeout:.0f}s; targets: "
-                    f"{self.target_health()}\nlog:\n{self.log_tail()}"
-                )
-            time.sleep(min(0.5, self.scrape_interval / 2))
+        return self.poll_until(
+            lambda: self.query(expr),
+            predicate,
+            lambda results: f"{expr} still gives {results}; targets: {self.target_health()}",
+            timeout,
+            min(0.5, self.scrape_interval / 2),
+        )
 
     def target_health(self) -> list[dict[str, Any]]:
         """Each active target's job, URL, health and last error."""
