@@ -2,7 +2,8 @@
 
 SIGTERM and SIGINT stop it after the current file; SIGHUP reloads the configuration
 (an invalid new file is logged and the old one kept). An exception in one cycle is
-logged and counted, never fatal.
+logged and counted, never fatal. A cycle after the wall clock jumped ahead of the monotonic
+clock removes and reaps nothing (cleaner.clock).
 
 The job reaper's cycle runs in a daemon thread (``JobsCycle``), so a frozen database can
 never hold up the file sweep nor a stop: each cycle waits for it at most half an interval;
@@ -22,6 +23,7 @@ from types import FrameType
 
 from cleaner import config as config_mod
 from cleaner.audit import AuditLog
+from cleaner.clock import ClockReading, ClockWatch
 from cleaner.config import Config, ConfigError
 from cleaner.files import SweepResult, sweep
 from cleaner.jobs.force_clean import ForceCleanReport
@@ -129,12 +131,17 @@ class Daemon:
         env: Mapping[str, str],
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         full_sweep_every: int = FULL_SWEEP_EVERY,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.env = env
         self.clock = clock
+        #: Measures cycles and, against ``clock``, sees the wall clock jump (ClockWatch).
+        #: Waits and deadlines always use the real time.monotonic.
+        self.monotonic = monotonic
+        self.clock_watch = ClockWatch()
         self.store = StateStore(config.state_file, clock)
         self.delta = State()
         self.cycles = 0
@@ -224,12 +231,19 @@ class Daemon:
     def cycle(self) -> None:
         """One cycle: the file sweep, then the job reaper; state saved at the end.
 
+        Held (nothing swept nor reaped, counted) when the wall clock jumped ahead since
+        the last cycle.
+
         The reaper's failures (database down, corrupt cache, API unreachable) are counted
         by stage and have alerts of their own; they do not make the cycle a failed one, so
         an outage of the database does not also page as "the cleaner stopped sweeping".
         """
         start = self.clock()
-        monotonic_start = time.monotonic()
+        monotonic_start = self.monotonic()
+        jump = self.clock_watch.jump(ClockReading(start, monotonic_start), self.config.interval)
+        if jump is not None:
+            self._hold(jump)
+            return
         ok = True
         try:
             result = sweep(
@@ -251,7 +265,7 @@ class Daemon:
             self.delta,
             started=start,
             ended=self.clock(),
-            duration=time.monotonic() - monotonic_start,
+            duration=self.monotonic() - monotonic_start,
             ok=ok,
         )
         if not ok:
@@ -260,6 +274,23 @@ class Daemon:
         self._save()
         if self.cycles % STATS_EVERY == 0:
             self._log_stats()
+
+    def _hold(self, lead: float) -> None:
+        """A cycle after the wall clock jumped ahead: nothing removed nor reaped, counted.
+
+        Ages are judged by the wall clock (the job cache's too), so every file and job
+        would look ``lead`` older than it is. The next cycle compares the clocks afresh
+        and sweeps as usual.
+        """
+        log.warning(
+            "wall clock jumped %s ahead of the monotonic clock since the last cycle (NTP "
+            "step, resumed VM?): nothing removed nor reaped in this cycle, the next one "
+            "sweeps as usual",
+            format_duration(round(lead)),
+        )
+        self.delta.clock_jumps += 1
+        self.cycles += 1
+        self._save()
 
     def _log_missing(self, missing: frozenset[str]) -> None:
         """One line when a configured directory goes missing, one when it is back."""

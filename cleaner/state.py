@@ -104,7 +104,7 @@ class _Checker:
 
 
 #: Top-level keys that hold a count (absent in an older file: 0).
-_COUNT_KEYS = ("force_cleans", "reaps_skipped", "sweeps")
+_COUNT_KEYS = ("force_cleans", "reaps_skipped", "sweeps", "clock_jumps")
 #: Top-level keys that hold counts by name.
 _COUNT_MAP_KEYS = ("files_removed", "bytes_removed", "skipped", "errors")
 #: Top-level keys that hold a time or a duration in seconds, or null.
@@ -210,6 +210,8 @@ class State:
     #: Database reaping cycles skipped because another cleaner held the reaper lock.
     reaps_skipped: int = 0
     sweeps: int = 0
+    #: Cycles held (nothing removed nor reaped) because the wall clock jumped ahead.
+    clock_jumps: int = 0
     last_sweep_start: float | None = None
     last_sweep_end: float | None = None
     last_sweep_duration: float | None = None
@@ -249,6 +251,7 @@ class State:
         self.force_cleans += delta.force_cleans
         self.reaps_skipped += delta.reaps_skipped
         self.sweeps += delta.sweeps
+        self.clock_jumps += delta.clock_jumps
         for name in (
             "last_sweep_start",
             "last_sweep_end",
@@ -277,6 +280,7 @@ class State:
             "force_cleans": self.force_cleans,
             "reaps_skipped": self.reaps_skipped,
             "sweeps": self.sweeps,
+            "clock_jumps": self.clock_jumps,
             "last_sweep_start": self.last_sweep_start,
             "last_sweep_end": self.last_sweep_end,
             "last_sweep_duration": self.last_sweep_duration,
@@ -319,6 +323,7 @@ class State:
             force_cleans=raw.get("force_cleans", 0),
             reaps_skipped=raw.get("reaps_skipped", 0),
             sweeps=raw.get("sweeps", 0),
+            clock_jumps=raw.get("clock_jumps", 0),
             last_sweep_start=_opt_float(raw.get("last_sweep_start")),
             last_sweep_end=_opt_float(raw.get("last_sweep_end")),
             last_sweep_duration=_opt_float(raw.get("last_sweep_duration")),
