@@ -15,6 +15,10 @@ malformed DSN only the parts that were read as a host, a port or a database name
 ``scrub`` removes the password (raw and decoded) and the user info from any text, libpq's
 error messages included. Nothing here ever raises on a hostile DSN except ``parse``, whose
 ``DsnError`` is safe to print.
+
+One module of about 500 lines on purpose: the two forms' readers, the masking of a DSN
+they refuse and the scrubbing share one notion of where the secrets are in the text, and
+a reader that drifted from the masker would print a piece of a password.
 """
 
 from __future__ import annotations
