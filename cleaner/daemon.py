@@ -1,8 +1,9 @@
 """The daemon loop: sweep at once, then every interval; signals set flags, the loop acts.
 
 SIGTERM and SIGINT stop it after the current file; SIGHUP reloads the configuration
-(an invalid new file is logged and the old one kept). An exception in one cycle is
-logged and counted, never fatal. A cycle after the wall clock jumped ahead of the monotonic
+(an invalid new file is logged and the old one kept). A burst of SIGHUPs is one reload,
+and a reload brings the next sweep forward at most once per interval. An exception in one
+cycle is logged and counted, never fatal. A cycle after the wall clock jumped ahead of the monotonic
 clock removes and reaps nothing (cleaner.clock).
 
 The job reaper's cycle runs in a daemon thread (``JobsCycle``), so a frozen database can
@@ -34,9 +35,10 @@ from cleaner.state import ApiHealth, StageErrors, State, StateStore
 
 log = logging.getLogger(__name__)
 
-#: Every this many cycles each directory is read again, unchanged or not (see
-#: cleaner.memory.SweepMemory): 5 minutes at the default 30 s interval.
-FULL_SWEEP_EVERY = 10
+#: SIGHUPs less than this apart are one reload...
+RELOAD_QUIET = 1.0
+#: ...made at most this long after the first of them, however long they keep coming.
+RELOAD_SETTLE_MAX = 5.0
 
 
 # -- what each stage returned, recorded in a state delta ---------------------------------
@@ -132,7 +134,6 @@ class Daemon:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        full_sweep_every: int = FULL_SWEEP_EVERY,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -148,10 +149,11 @@ class Daemon:
         self.failed_cycles = 0
         self._stop = False
         self._reload = False
+        self._reload_signals = 0
         self._wake = threading.Event()
         self._totals = State()
         #: Lets a sweep skip directories that provably hold nothing new nor expired.
-        self.memory = SweepMemory(full_sweep_every)
+        self.memory = SweepMemory()
         #: Configured directories the last sweep found missing: logged when this changes.
         self._missing: frozenset[str] = frozenset()
         #: The job reaper's cycle in its thread, until its report is applied.
@@ -166,6 +168,7 @@ class Daemon:
 
     def _on_reload(self, signum: int, _frame: FrameType | None) -> None:
         self._reload = True
+        self._reload_signals += 1
         self._wake.set()
 
     def install_signal_handlers(self) -> None:
@@ -188,19 +191,51 @@ class Daemon:
             log.warning("cannot read state file %s: %s", self.store.path, exc)
         self._open_parts()
         try:
-            while not self._stop:
-                self.cycle()
-                if self._stop:
-                    break
-                self._wake.wait(self.config.interval)
-                self._wake.clear()
-                if self._reload:
-                    self._reload = False
-                    self.reload()
+            self._loop()
         finally:
             self._close_parts()
         log.info("limpeza-cleaner stopped after %d cycles", self.cycles)
         return 0
+
+    def _loop(self) -> None:
+        """A cycle, then an interval's rest; a reload may end the rest early, once an interval.
+
+        So a storm of SIGHUPs (each one coalesced into a reload by _settle_reloads) makes
+        at most one sweep more than the schedule's in any interval.
+        """
+        brought_forward: float | None = None  # when a reload last ended a rest early
+        while not self._stop:
+            self.cycle()
+            rest_from = time.monotonic()
+            while not self._stop:
+                remaining = rest_from + self.config.interval - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wake.wait(remaining)
+                self._wake.clear()
+                if not self._reload or not self._settle_reloads():
+                    continue
+                self.reload()
+                now = time.monotonic()
+                if brought_forward is None or now - brought_forward >= self.config.interval:
+                    brought_forward = now
+                    break  # sweep now with the new configuration
+
+    def _settle_reloads(self) -> bool:
+        """Waits until SIGHUPs stop coming (RELOAD_QUIET without one, RELOAD_SETTLE_MAX at
+        most); False when a stop came meanwhile. Those SIGHUPs are one reload."""
+        deadline = time.monotonic() + RELOAD_SETTLE_MAX
+        while self._reload and not self._stop:
+            self._reload = False
+            self._wake.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wake.wait(min(RELOAD_QUIET, remaining))
+        signals, self._reload_signals = self._reload_signals, 0
+        if signals > 1:
+            log.info("%d SIGHUPs in a row: one reload", signals)
+        return not self._stop
 
     def _open_parts(self) -> None:
         self.audit = AuditLog(self.config.audit_log, self.clock)
