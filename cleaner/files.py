@@ -176,6 +176,25 @@ class Candidate:
         return _display(self.directory, self.name)
 
 
+#: How many levels below a root the walk descends; deeper directories are counted as
+#: skipped (``too_deep``) and left alone. It bounds the directories held open at once.
+MAX_DEPTH = 256
+#: The skip reason of a directory below MAX_DEPTH.
+TOO_DEEP = "too_deep"
+
+
+class _Level:
+    """One directory on the walk's stack: open, with its subdirectories still to visit."""
+
+    __slots__ = ("depth", "fd", "path", "pending")
+
+    def __init__(self, fd: int, path: str, depth: int) -> None:
+        self.fd = fd
+        self.path = path
+        self.depth = depth
+        self.pending: Iterator[str] = iter(())
+
+
 class Walker:
     """Streams the entries under one root through directory descriptors.
 
@@ -197,8 +216,11 @@ class Walker:
         hooks: SweepHooks = NO_HOOKS,
         other_roots: frozenset[tuple[int, int]] = frozenset(),
         mounts: MountPoints | None = None,
+        max_depth: int = MAX_DEPTH,
     ) -> None:
         self.root = root
+        self.max_depth = max_depth
+        self._logged_too_deep = False
         #: Mount points are told by mount id: a bind mount of the same filesystem has the
         #: same st_dev as the directory it is mounted in.
         self.mounts = MountPoints.detect((root,)) if mounts is None else mounts
@@ -237,32 +259,59 @@ class Walker:
             os.close(root_fd)
             self._error("cannot stat directory", str(self.root), exc)
             return
-        yield from self._directory(root_fd, str(self.root), root_dev, self.rules)
-
-    def _directory(
-        self, dir_fd: int, directory: str, root_dev: int, rules: RuleSet
-    ) -> Iterator[Candidate]:
+        # Depth first with an explicit stack (one open directory and its pending
+        # subdirectories per level), so depth costs no recursion and is bounded.
+        stack = [_Level(root_fd, str(self.root), 0)]
         try:
-            subdirs: tuple[str, ...] | list[str]
-            seen = self._remembered(dir_fd, directory)
-            if seen is not None:
-                self.usage.files += seen.files
-                self.usage.bytes += seen.bytes
-                for reason, count in zip(STATIC_SKIPS, seen.skips, strict=True):
-                    if count:
-                        self.result.skipped[reason] = self.result.skipped.get(reason, 0) + count
-                subdirs = seen.subdirs
-            else:
-                subdirs = []
-                yield from self._read(dir_fd, directory, root_dev, rules, subdirs)
-            for name in subdirs:
-                child_fd = self._open_subdir(dir_fd, directory, name, root_dev)
+            yield from self._visit(stack[-1], root_dev, self.rules)
+            while stack:
+                level = stack[-1]
+                name = next(level.pending, None)
+                if name is None:
+                    os.close(stack.pop().fd)
+                    continue
+                path = _display(level.path, name)
+                if level.depth >= self.max_depth:
+                    self._too_deep(path)
+                    continue
+                child_fd = self._open_subdir(level.fd, level.path, name, root_dev)
                 if child_fd is not None:
-                    yield from self._directory(
-                        child_fd, _display(directory, name), root_dev, self.recursive_rules
-                    )
+                    stack.append(_Level(child_fd, path, level.depth + 1))
+                    yield from self._visit(stack[-1], root_dev, self.recursive_rules)
         finally:
-            os.close(dir_fd)
+            for level in stack:
+                os.close(level.fd)
+
+    def _visit(self, level: _Level, root_dev: int, rules: RuleSet) -> Iterator[Candidate]:
+        """Sweeps one directory's entries; its subdirectories to visit go to ``level``."""
+        subdirs: tuple[str, ...] | list[str]
+        seen = self._remembered(level.fd, level.path)
+        if seen is not None:
+            self.usage.files += seen.files
+            self.usage.bytes += seen.bytes
+            for reason, count in zip(STATIC_SKIPS, seen.skips, strict=True):
+                if count:
+                    self.result.skipped[reason] = self.result.skipped.get(reason, 0) + count
+            subdirs = seen.subdirs
+        else:
+            subdirs = []
+            yield from self._read(level.fd, level.path, root_dev, rules, subdirs)
+        level.pending = iter(subdirs)
+
+    def _too_deep(self, path: str) -> None:
+        """A subdirectory below ``max_depth``: counted, not entered; logged once per walk."""
+        self.result.skip(TOO_DEEP)
+        if self._logged_too_deep:
+            log.debug("not descending below the depth limit into %s", path)
+            return
+        self._logged_too_deep = True
+        log.warning(
+            "directory %s is more than %d levels below %s: not swept (counted as skipped, "
+            "too_deep; further ones at debug level)",
+            path,
+            self.max_depth,
+            self.root,
+        )
 
     def _remembered(self, dir_fd: int, directory: str) -> Seen | None:
         if self.memory is None or self.now is None:
@@ -511,7 +560,7 @@ def sweep(
     ``mounts`` tells mount points (default: by mount id where the kernel gives it).
     """
     result = SweepResult(dry_run=dry_run, removed={r.name: RuleTally() for r in files.rules})
-    result.skipped = dict.fromkeys(SKIP_REASONS, 0)
+    result.skipped = dict.fromkeys((*SKIP_REASONS, TOO_DEEP), 0)
     if dry_run or max_age is not None:
         memory = None
     if memory is not None:
