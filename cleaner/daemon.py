@@ -3,8 +3,8 @@
 SIGTERM and SIGINT stop it after the current file; SIGHUP reloads the configuration
 (an invalid new file is logged and the old one kept). A burst of SIGHUPs is one reload,
 and a reload brings the next sweep forward at most once per interval. An exception in one
-cycle is logged and counted, never fatal. A cycle after the wall clock jumped ahead of the monotonic
-clock removes and reaps nothing (cleaner.clock).
+cycle is logged and counted, never fatal. A cycle after the wall clock jumped ahead of the
+monotonic clock removes and reaps nothing (cleaner.clock).
 
 The job reaper's cycle runs in a daemon thread (``JobsCycle``), so a frozen database can
 never hold up the file sweep nor a stop: each cycle waits for it at most half an interval;
