@@ -1,12 +1,15 @@
 """What the cleaner's state file says: counters, the last sweep, directories, the API.
 
-Read with ``cleaner.state.read_state`` at every scrape. A missing or unusable file gives
-``limpeza_state_up 0`` and none of the families below; the fault is logged once when it
-starts and once when it ends.
+Read at every scrape without ever blocking on it (``exporter.regular_file``: a FIFO at the
+path is refused, not waited on) and validated field by field with the cleaner's own check
+(``cleaner.state.State.from_dict``). A missing, unreadable or invalid file gives
+``limpeza_state_up 0`` and none of the families below, never a failed scrape; the fault
+is logged once when it starts and once when it ends.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,17 +17,34 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from cleaner.config import Config
-from cleaner.state import ERROR_STAGES, JOB_SOURCES, SKIP_REASONS, State, read_state
+from cleaner.state import ERROR_STAGES, JOB_SOURCES, SKIP_REASONS, State
 from exporter.faults import Faults
+from exporter.regular_file import read_regular_file
+
+#: A state file holds a few counters per rule and directory: kilobytes. Past this it is
+#: not one the cleaner wrote.
+MAX_STATE_BYTES = 16 << 20
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
+def read_state_file(path: Path) -> State:
+    """The state file at ``path``; raises OSError or ValueError (with a reason) when unusable."""
+    data = read_regular_file(path, MAX_STATE_BYTES)
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("not valid JSON: nested too deep") from None
+    return State.from_dict(raw)
+
+
 def _read(path: Path, faults: Faults) -> State | None:
     try:
-        state = read_state(path)
+        state = read_state_file(path)
     except FileNotFoundError:
         problem = "missing (the cleaner has not written it yet?): no counters exported"
     except (OSError, ValueError) as exc:
