@@ -287,8 +287,9 @@ class Daemon:
                 on_remove=self.audit.write,
                 should_stop=lambda: self._stop,
                 memory=self.memory,
+                checkpoint=self._checkpoint,
             )
-            apply_sweep(self.delta, result)
+            apply_sweep(self.delta, result.pending())
             log.info("%s", result.summary())
             self._log_missing(frozenset(result.missing))
         except Exception:
@@ -309,6 +310,11 @@ class Daemon:
         self._save()
         if self.cycles % STATS_EVERY == 0:
             self._log_stats()
+
+    def _checkpoint(self, progress: SweepResult) -> None:
+        """Saves what a long sweep did so far: a crash loses at most a second of counts."""
+        apply_sweep(self.delta, progress)
+        self._save()
 
     def _hold(self, lead: float) -> None:
         """A cycle after the wall clock jumped ahead: nothing removed nor reaped, counted.

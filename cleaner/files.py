@@ -44,6 +44,11 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 
 #: Called once per file removed (or, in a dry run, that would be removed).
 RemovalHook = Callable[["Removal"], None]
+#: Called during a long sweep with the counters of what it did since the last call.
+CheckpointHook = Callable[["SweepResult"], None]
+#: A long sweep hands its counters to its checkpoint at most this often (seconds): a crash
+#: then loses at most this long of the sweep's counts.
+CHECKPOINT_EVERY = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ class SweepResult:
     directories: dict[str, DirectoryUsage] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     stopped: bool = False
+    #: The counters already handed to a checkpoint (see ``sweep``), None when none was.
+    checkpointed: SweepResult | None = None
 
     @property
     def files_removed(self) -> int:
@@ -85,6 +92,39 @@ class SweepResult:
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def counters(self) -> SweepResult:
+        """A copy of the counters (removed, skipped, errors) alone."""
+        return SweepResult(
+            self.dry_run,
+            removed={n: RuleTally(t.files, t.bytes) for n, t in self.removed.items()},
+            skipped=dict(self.skipped),
+            errors=self.errors,
+        )
+
+    def since(self, before: SweepResult) -> SweepResult:
+        """The counters added since ``before`` (an earlier ``counters()``) was taken."""
+        done = self.counters()
+        for name, tally in before.removed.items():
+            now = done.removed.setdefault(name, RuleTally())
+            now.files -= tally.files
+            now.bytes -= tally.bytes
+        for reason, count in before.skipped.items():
+            done.skipped[reason] = done.skipped.get(reason, 0) - count
+        done.errors -= before.errors
+        return done
+
+    def pending(self) -> SweepResult:
+        """What no checkpoint has carried yet: the counters since the last one, with the
+        usage, the missing directories and whether the sweep was stopped (the whole result
+        when there was no checkpoint). The daemon records this once the sweep returns."""
+        if self.checkpointed is None:
+            return self
+        rest = self.since(self.checkpointed)
+        rest.directories = dict(self.directories)
+        rest.missing = list(self.missing)
+        rest.stopped = self.stopped
+        return rest
 
     def summary(self) -> str:
         """The one line logged per sweep."""
@@ -217,8 +257,12 @@ class Walker:
         other_roots: frozenset[tuple[int, int]] = frozenset(),
         mounts: MountPoints | None = None,
         max_depth: int = MAX_DEPTH,
+        tick: Callable[[], None] | None = None,
     ) -> None:
         self.root = root
+        #: Called every few hundred entries read, so a checkpoint can be taken in a long
+        #: walk that finds nothing to remove.
+        self.tick = tick
         self.max_depth = max_depth
         self._logged_too_deep = False
         #: Mount points are told by mount id: a bind mount of the same filesystem has the
@@ -332,8 +376,13 @@ class Walker:
         except OSError as exc:
             self._error("cannot read directory", directory, exc)
             return
+        tick, read = self.tick, 0
         with entries:
             for entry in entries:
+                if tick is not None:
+                    read += 1
+                    if read & 255 == 0:
+                        tick()
                 candidate = self._entry(
                     entry.name, dir_fd, directory, root_dev, rules, tally, subdirs
                 )
@@ -538,6 +587,34 @@ def root_identities(roots: tuple[Path, ...]) -> dict[Path, tuple[int, int]]:
     return found
 
 
+class _Checkpoints:
+    """Hands a sweep's counters to ``checkpoint`` at most once per ``every`` seconds."""
+
+    def __init__(
+        self,
+        result: SweepResult,
+        checkpoint: CheckpointHook,
+        every: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.result = result
+        self.checkpoint = checkpoint
+        self.every = every
+        self.clock = clock
+        self.due = clock() + every
+
+    def tick(self) -> None:
+        now = self.clock()
+        if now < self.due:
+            return
+        self.due = now + self.every
+        result = self.result
+        done = result.counters()
+        progress = done if result.checkpointed is None else done.since(result.checkpointed)
+        result.checkpointed = done
+        self.checkpoint(progress)
+
+
 def sweep(
     files: FilesConfig,
     *,
@@ -549,6 +626,9 @@ def sweep(
     memory: SweepMemory | None = None,
     hooks: SweepHooks = NO_HOOKS,
     mounts: MountPoints | None = None,
+    checkpoint: CheckpointHook | None = None,
+    checkpoint_every: float = CHECKPOINT_EVERY,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> SweepResult:
     """One pass over every configured directory.
 
@@ -558,6 +638,14 @@ def sweep(
     nothing new nor expired go unread; it is not used with ``dry_run`` or ``max_age``.
     ``hooks`` are called at the points they name (see SweepHooks); none by default.
     ``mounts`` tells mount points (default: by mount id where the kernel gives it).
+
+    ``on_remove`` is called right after each unlink, before anything else, so an audit
+    log it writes loses at most the file being removed in a crash. ``checkpoint``, when
+    given, is called at most once per ``checkpoint_every`` seconds of ``monotonic`` with
+    the counters of what the sweep did since the previous call: the caller records them
+    (the daemon saves its state), so a crash loses at most that long of the sweep's
+    counts. The result returned is the whole sweep; its ``pending()`` is what no
+    checkpoint carried.
     """
     result = SweepResult(dry_run=dry_run, removed={r.name: RuleTally() for r in files.rules})
     result.skipped = dict.fromkeys((*SKIP_REASONS, TOO_DEEP), 0)
@@ -568,6 +656,9 @@ def sweep(
     roots = root_identities(files.all_directories())
     if mounts is None:
         mounts = MountPoints.detect(files.all_directories())
+    tick = None
+    if checkpoint is not None:
+        tick = _Checkpoints(result, checkpoint, checkpoint_every, monotonic).tick
     for root in files.all_directories():
         rules = tuple(r for r in files.rules if root in r.directories)
         usage = result.directories.setdefault(str(root), DirectoryUsage())
@@ -583,16 +674,11 @@ def sweep(
             hooks=hooks,
             other_roots=frozenset(v for k, v in roots.items() if k != root),
             mounts=mounts,
+            tick=tick,
         )
         for candidate in walker.candidates():
             if remove_candidate(candidate, result, dry_run, hooks, mounts):
                 st = candidate.st
-                tally = result.removed[candidate.rule.name]
-                tally.files += 1
-                tally.bytes += st.st_size
-                if not dry_run:  # usage is what stays on disk after the sweep
-                    usage.files -= 1
-                    usage.bytes -= st.st_size
                 if on_remove is not None:
                     on_remove(
                         Removal(
@@ -603,6 +689,14 @@ def sweep(
                             st.st_mtime,
                         )
                     )
+                tally = result.removed[candidate.rule.name]
+                tally.files += 1
+                tally.bytes += st.st_size
+                if not dry_run:  # usage is what stays on disk after the sweep
+                    usage.files -= 1
+                    usage.bytes -= st.st_size
+            if tick is not None:
+                tick()
             if should_stop():
                 result.stopped = True
                 return result
