@@ -33,8 +33,8 @@ from cleaner.report import (
     format_removal,
     summary,
 )
-from cleaner.sessions import purge_session, validate_session_id
-from cleaner.state import State, StateStore, read_state
+from cleaner.sessions import purge_and_record, validate_session_id
+from cleaner.state import State, read_state, record
 from cleaner.survey import survey
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
@@ -190,10 +190,7 @@ def _finish(
 
 def _record(config: Config, delta: State) -> None:
     """Adds a one-shot command's counts to the state file the daemon and exporter share."""
-    try:
-        StateStore(config.state_file, time.time).update(delta)
-    except OSError as exc:
-        log.warning("cannot update state file %s: %s", config.state_file, exc)
+    record(config.state_file, delta)
 
 
 def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]) -> int:
@@ -233,21 +230,13 @@ def _cmd_purge(args: argparse.Namespace, config: Config, path: Path, env: Mappin
     except ValueError as exc:
         print(f"limpeza-cleaner: {exc}; nothing removed", file=sys.stderr)
         return EXIT_USAGE
-    now = time.time()
-    with AuditLog(None if args.dry_run else config.audit_log, time.time) as audit:
-        result = purge_session(
-            config.files,
-            args.session_id,
-            include_final=args.include_final,
-            dry_run=args.dry_run,
-            on_remove=_on_remove(audit, args),
-            now=now,
-        )
-    if not result.dry_run:
-        delta = State()
-        apply_sweep(delta, result)
-        delta.directories = {}  # a purge looks at one session's files, not at the usage
-        _record(config, delta)
+    result = purge_and_record(
+        config,
+        args.session_id,
+        include_final=args.include_final,
+        dry_run=args.dry_run,
+        on_remove=None if args.json else lambda r: print(format_removal(r, args.dry_run)),
+    )
     return _finish(result, args.json, missing_fails=False)
 
 

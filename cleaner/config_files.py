@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cleaner.config_reader import Reader, show
+from cleaner.config_reader import MAX_INTERVAL, Reader, show
 from cleaner.config_types import FilesConfig, Rule
 from cleaner.patterns import glob_problem, is_catch_all
 from cleaner.safety import is_system_directory
@@ -91,7 +91,12 @@ def read_files(reader: Reader, raw: object, defaults: Mapping[str, Any]) -> File
                     f"expected a base name containing {{id}}, got {show(template)}",
                 )
     return FilesConfig(
-        directories, protect, tuple(rules), templates["session_files"], templates["final_files"]
+        directories,
+        protect,
+        tuple(rules),
+        templates["session_files"],
+        templates["final_files"],
+        reader.duration(section["full_read_every"], "files.full_read_every", MAX_INTERVAL),
     )
 
 

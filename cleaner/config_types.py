@@ -31,6 +31,8 @@ class FilesConfig:
     rules: tuple[Rule, ...]
     session_files: tuple[str, ...]
     final_files: tuple[str, ...] = ()
+    #: Seconds between two sweeps that read every directory (see cleaner.memory).
+    full_read_every: float = 300.0
 
     def all_directories(self) -> tuple[Path, ...]:
         """Every directory some rule sweeps, each once, in configuration order."""

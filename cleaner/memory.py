@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cleaner.config import FilesConfig
@@ -50,26 +52,36 @@ class SweepMemory:
     A directory whose mtime is unchanged since it was read holds the same names, so until
     the earliest of its matching files expires there is nothing to remove in it: the sweep
     does not read it again and counts the files and bytes it found last time. Removal stays
-    exact whenever a directory is read; what can lag, by at most ``full_every`` cycles
-    (every directory is read again then), is what changes without touching the directory's
-    mtime: a file whose mtime is set back (it is removed late, never early) and a file that
-    grows or shrinks in place (its bytes are counted late). A directory where anything was
+    exact whenever a directory is read; what can lag, by at most ``files.full_read_every``
+    (every directory is read again then; 5 minutes by default), is what changes without
+    touching the directory's mtime: a file whose mtime is set back (it is removed late,
+    never early) and a file that grows or shrinks in place (its bytes are counted late). A directory where anything was
     removed, skipped as locked or changed, or failed, is read again next cycle.
     """
 
-    def __init__(self, full_every: int = 10) -> None:
-        self.full_every = max(1, full_every)
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        #: Measures the time between full reads; never the wall clock, which can jump.
+        self.clock = clock
         self.directories: dict[tuple[str, str], Seen] = {}
         self._files: FilesConfig | None = None
-        self._sweeps = 0
+        self._full_read_at: float | None = None
         self.reused = 0
 
     def begin(self, files: FilesConfig) -> None:
-        """Called at the start of each sweep: forgets everything on a full one."""
-        if files != self._files or self._sweeps % self.full_every == 0:
+        """Called at the start of each sweep: forgets everything on a full one.
+
+        A sweep is a full read when ``files.full_read_every`` has passed since the last
+        full read began (0: every sweep), or when the files configuration changed.
+        """
+        now = self.clock()
+        if (
+            files != self._files
+            or self._full_read_at is None
+            or now - self._full_read_at >= files.full_read_every
+        ):
             self.directories.clear()
+            self._full_read_at = now
         self._files = files
-        self._sweeps += 1
         self.reused = 0
 
     def recall(self, key: tuple[str, str], dir_fd: int, now: float) -> Seen | None:

@@ -6,19 +6,27 @@ characters of ``[A-Za-z0-9_-]`` are accepted, so an id can never name a path els
 Each name is looked up directly in every configured directory, whatever its age, and
 removed through the sweep's own checks (protected names, symlinks, other files than
 regular ones and files held with ``flock`` are left alone).
+
+``purge_and_record`` is the command as a whole, for ``limpeza-cleaner purge-session`` and
+``cleaner.purge_session`` alike: each removal is written to the audit log and the counts
+are added to the state file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from stat import S_ISLNK, S_ISREG
 
-from cleaner.config import FilesConfig, Rule
+from cleaner.audit import AuditLog
+from cleaner.config import Config, FilesConfig, Rule
+from cleaner.daemon import apply_sweep
 from cleaner.files import Candidate, Removal, RemovalHook, RuleTally, SweepResult, remove_candidate
 from cleaner.patterns import is_protected, match_rule
-from cleaner.state import SKIP_REASONS
+from cleaner.state import SKIP_REASONS, State, record
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +87,44 @@ def purge_session(
                 _purge_one(files, dir_fd, str(root), name, result, dry_run, on_remove, now)
         finally:
             os.close(dir_fd)
+    return result
+
+
+def purge_and_record(
+    config: Config,
+    session_id: str,
+    *,
+    include_final: bool = False,
+    dry_run: bool = False,
+    on_remove: RemovalHook | None = None,
+    clock: Callable[[], float] = time.time,
+) -> SweepResult:
+    """purge-session whole: the purge, each removal audited, the counts in the state file.
+
+    A dry run writes neither. ``on_remove`` sees each removal after its audit line (the
+    command prints it). Raises ValueError for a bad id, before the disk is touched.
+    """
+    validate_session_id(session_id)
+    with AuditLog(None if dry_run else config.audit_log, clock) as audit:
+
+        def audited(removal: Removal) -> None:
+            audit.write(removal)
+            if on_remove is not None:
+                on_remove(removal)
+
+        result = purge_session(
+            config.files,
+            session_id,
+            include_final=include_final,
+            dry_run=dry_run,
+            on_remove=audited,
+            now=clock(),
+        )
+    if not dry_run:
+        delta = State()
+        apply_sweep(delta, result)
+        delta.directories = {}  # a purge looks at one session's files, not at the usage
+        record(config.state_file, delta, clock)
     return result
 
 

@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -407,6 +408,17 @@ class StateStore:
             return state
         finally:
             os.close(fd)
+
+
+def record(path: Path, delta: State, clock: Callable[[], float] = time.time) -> None:
+    """Adds a one-shot command's counts to the state file the daemon and exporter share.
+
+    A state file that cannot be written is a warning: what the command did is done.
+    """
+    try:
+        StateStore(path, clock).update(delta)
+    except OSError as exc:
+        log.warning("cannot update state file %s: %s", path, exc)
 
 
 def write_json_atomic(

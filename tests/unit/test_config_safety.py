@@ -40,6 +40,7 @@ def _base(tmp_path: Path, **overrides: object) -> dict[str, object]:
 
 DURATION_KEYS = {
     "interval": ("interval",),
+    "files.full_read_every": ("files", "full_read_every"),
     "files.rules[0].max_age": ("files", "rules", 0, "max_age"),
     "jobs.stale_after.running": ("jobs", "stale_after", "running"),
     "jobs.force_clean.min_age": ("jobs", "force_clean", "min_age"),

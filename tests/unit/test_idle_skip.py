@@ -1,10 +1,12 @@
 """The daemon's sweep memory: unchanged directories go unread, and nothing is ever missed
-except what the documented bound allows (a full read every ``full_every`` cycles)."""
+except what the documented bound allows (a full read at least every
+``files.full_read_every``)."""
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -151,15 +153,29 @@ def test_change_in_a_subdirectory_is_found_under_an_unchanged_parent(
 
 def test_mtime_set_back_is_removed_by_the_next_full_read(uploads: Path) -> None:
     """The documented bound: a file aged in place (the directory untouched) waits at most
-    ``full_every`` cycles."""
-    config, memory = _config(uploads), SweepMemory(full_every=3)
-    sweep(config, now=NOW, memory=memory)  # cycle 1: full read
+    ``files.full_read_every``, measured on the monotonic clock the memory is given."""
+    elapsed = [0.0]
+    config = replace(_config(uploads), full_read_every=90.0)
+    memory = SweepMemory(clock=lambda: elapsed[0])
+    sweep(config, now=NOW, memory=memory)  # a full read at 0 s
     aged = uploads / "final_a.mp4"
     os.utime(aged, (NOW - 9 * DAY, NOW - 9 * DAY))
-    assert sweep(config, now=NOW + 30, memory=memory).files_removed == 0  # cycle 2: skipped
-    assert sweep(config, now=NOW + 60, memory=memory).files_removed == 0  # cycle 3: skipped
-    assert sweep(config, now=NOW + 90, memory=memory).files_removed == 1  # cycle 4: full
+    for elapsed[0] in (30.0, 60.0, 89.0):  # the directory's mtime says nothing changed
+        assert sweep(config, now=NOW + elapsed[0], memory=memory).files_removed == 0
+    elapsed[0] = 90.0
+    assert sweep(config, now=NOW + 90, memory=memory).files_removed == 1  # full read
     assert not aged.exists()
+
+
+def test_full_read_every_zero_reads_every_directory_at_every_sweep(
+    uploads: Path, reads: Reads
+) -> None:
+    config = replace(_config(uploads), full_read_every=0.0)
+    memory = SweepMemory(clock=lambda: 0.0)
+    for cycle in range(3):
+        sweep(config, now=NOW + 30 * cycle, memory=memory, hooks=reads.hooks)
+    assert len(reads) == 3
+    assert memory.reused == 0
 
 
 def test_new_configuration_forgets_what_was_remembered(uploads: Path, reads: Reads) -> None:
