@@ -20,6 +20,7 @@ import base64
 import binascii
 import functools
 import hashlib
+import re
 import ssl
 import threading
 from collections.abc import Mapping
@@ -199,6 +200,39 @@ def _tls(raw: object, base: Path, problems: list[str]) -> TLSConfig | None:
     )
 
 
+#: ``$2y$10$`` and 53 characters: 22 of salt, 31 of hash, in bcrypt's own base64 alphabet.
+_BCRYPT = re.compile(r"\$(2[aby])\$([0-9]{2})\$([./A-Za-z0-9]{53})")
+_BCRYPT_COSTS = range(4, 32)  # what bcrypt (and exporter-toolkit's bcrypt.Cost) accepts
+
+
+def bcrypt_problem(hashed: object) -> str | None:
+    """Why ``hashed`` is not a bcrypt hash this exporter can check, or None.
+
+    As exporter-toolkit does at load (``bcrypt.Cost``): the format and a cost of 4 to 31.
+    A hash that fails here would make every scrape a 401, so it is refused at start. The
+    salt is then proven usable by one check at the lowest cost (about a millisecond), not at
+    the hash's own cost, which may take seconds. The hash itself is never echoed.
+    """
+    if not isinstance(hashed, str):
+        return f"a string, got {type(hashed).__name__}"
+    match = _BCRYPT.fullmatch(hashed)
+    if match is None:
+        return (
+            "$2y$, $2b$ or $2a$, a two-digit cost, $ and 53 characters of [./A-Za-z0-9], "
+            f"as `htpasswd -nBC 10 \"\" | tr -d ':'` prints; got {len(hashed)} characters"
+            + ("" if hashed.startswith("$2") else " not starting with $2")
+        )
+    cost = int(match.group(2))
+    if cost not in _BCRYPT_COSTS:
+        return f"a cost of {_BCRYPT_COSTS.start:02d} to {_BCRYPT_COSTS.stop - 1}, got {cost:02d}"
+    cheapest = f"${match.group(1)}${_BCRYPT_COSTS.start:02d}${match.group(3)}"
+    try:
+        bcrypt.checkpw(b"", cheapest.encode("ascii"))
+    except ValueError:
+        return "its salt is not valid bcrypt base64 (a character was changed or lost)"
+    return None
+
+
 def _basic_auth(raw: object, problems: list[str]) -> BasicAuth | None:
     if raw is None:
         return None
@@ -210,10 +244,11 @@ def _basic_auth(raw: object, problems: list[str]) -> BasicAuth | None:
         if not isinstance(user, str) or not user or ":" in user:
             problems.append(f"basic_auth_users.{user}: expected a user name without ':'")
             continue
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            problems.append(f"basic_auth_users.{user}: expected a bcrypt hash ($2y$...)")
+        problem = bcrypt_problem(hashed)
+        if problem is not None or not isinstance(hashed, str):
+            problems.append(f"basic_auth_users.{user}: expected a bcrypt hash ({problem})")
             continue
-        users[user] = hashed.encode("ascii", "replace")
+        users[user] = hashed.encode("ascii")
     return BasicAuth(users) if users else None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import bcrypt
@@ -151,3 +152,47 @@ def test_yaml_errors_are_reported(tmp_path: Path) -> None:
         webconfig.load(path)
     with pytest.raises(ConfigError, match=r"\(file\) cannot read"):
         webconfig.load(tmp_path / "absent.yml")
+
+
+def _with(hashed: str, position: int, char: str) -> str:
+    return hashed[:position] + char + hashed[position + 1 :]
+
+
+def test_malformed_bcrypt_hashes_are_refused_at_load(hashed: str) -> None:
+    """exporter-toolkit refuses them at load (bcrypt.Cost); accepted, every scrape is a 401."""
+    good = hashed.replace("$2b$", "$2y$")
+    bad = {
+        "truncated": good[:-1],  # a lost character: bcrypt.checkpw says False, never an error
+        "too long": good + "x",
+        "cost 03": good.replace("$04$", "$03$"),
+        "cost 32": good.replace("$04$", "$32$"),
+        "one-digit cost": good.replace("$04$", "$4$"),
+        "unknown variant": good.replace("$2y$", "$2q$"),
+        "no variant": good.replace("$2y$", "$2$"),
+        "not base64": _with(good, 40, "!"),
+        "non-canonical salt": _with(good, 28, "/"),  # the 22nd salt character has 2 bits
+        "a quoted hash": f"'{good}'",
+        "an MD5 crypt": "$apr1$abcdefgh$0123456789abcdefghijkl",
+    }
+    raw = {"basic_auth_users": {name.replace(" ", "_"): value for name, value in bad.items()}}
+    raw["basic_auth_users"]["number"] = 12  # type: ignore[assignment]
+    with pytest.raises(ConfigError) as caught:
+        webconfig.parse(raw, Path("/"), "web.yml")
+    problems = caught.value.problems
+    assert len(problems) == len(bad) + 1, "\n".join(problems)
+    for name in [*bad, "number"]:
+        key = f"basic_auth_users.{name.replace(' ', '_')}: expected a bcrypt hash ("
+        assert any(p.startswith(key) for p in problems), (name, problems)
+    text = "\n".join(problems)
+    assert "a cost of 04 to 31, got 03" in text and "a cost of 04 to 31, got 32" in text
+    assert "not valid bcrypt base64" in text
+    assert good[7:] not in text, "the hash is echoed"
+    accepted = webconfig.parse({"basic_auth_users": {"a": good, "b": hashed}}, Path("/"))
+    assert accepted.basic_auth is not None and set(accepted.basic_auth.users) == {"a", "b"}
+
+
+def test_a_high_cost_is_validated_without_paying_for_it() -> None:
+    salt_and_hash = bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=4)).decode()[7:]
+    started = time.monotonic()
+    webconfig.parse({"basic_auth_users": {"a": f"$2b$31${salt_and_hash}"}}, Path("/"))
+    assert time.monotonic() - started < 1.0  # cost 31 would take days
