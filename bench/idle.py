@@ -3,8 +3,9 @@
 A child process builds the configuration and runs several sweeps in a row, timing each
 one's CPU (``time.process_time``) and wall time: once as the sweep was before the daemon
 kept a memory (every directory read every cycle), once with the daemon's SweepMemory
-(the first sweep reads everything; the next ones skip unchanged directories, and every
-``FULL_SWEEP_EVERY``-th cycle reads everything again).
+(the first sweep reads everything; the next ones skip unchanged directories). The
+hourly CPU of each ``files.full_read_every`` cadence follows from the two: one full read
+per cadence, skipping sweeps in between.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from bench.measure import Summary, show_seconds, table
 
 INTERVAL = 30.0
 CYCLES_PER_HOUR = 3600 / INTERVAL
+#: The ``files.full_read_every`` cadences reported: the default and a slower one.
+CADENCES = (("5m", 300.0, " (default)"), ("30m", 1800.0, ""))
 
 
 @dataclass
 class IdleOutcome:
     files: int
     shape: str
-    full_every: int
     without: list[dict[str, float]]  # per sweep: cpu, wall
     with_memory: list[dict[str, float]]
     usage_equal: bool
@@ -40,12 +42,12 @@ class IdleOutcome:
 def probe(config_path: Path, sweeps: int, use_memory: bool) -> dict[str, object]:
     """Runs in the child: ``sweeps`` sweeps, each timed; the last usage counters."""
     from cleaner import config as config_mod
-    from cleaner.daemon import FULL_SWEEP_EVERY
     from cleaner.files import sweep
     from cleaner.memory import SweepMemory
 
     config = config_mod.load(config_path, {})
-    memory = SweepMemory(FULL_SWEEP_EVERY) if use_memory else None
+    # A clock that stands still: after the first, no sweep is a full read.
+    memory = SweepMemory(clock=lambda: 0.0) if use_memory else None
     timings: list[dict[str, float]] = []
     usage: dict[str, list[int]] = {}
     for i in range(sweeps):
@@ -55,7 +57,7 @@ def probe(config_path: Path, sweeps: int, use_memory: bool) -> dict[str, object]
         if result.files_removed or result.errors:
             raise RuntimeError(f"an idle sweep removed or failed: {result.summary()}")
         usage = {d: [u.files, u.bytes] for d, u in result.directories.items()}
-    return {"timings": timings, "usage": usage, "full_every": FULL_SWEEP_EVERY}
+    return {"timings": timings, "usage": usage}
 
 
 def _child(config_path: Path, sweeps: int, use_memory: bool) -> dict[str, object]:
@@ -86,13 +88,10 @@ def run_section(
         without = plain["timings"]
         with_memory = remembered["timings"]
         assert isinstance(without, list) and isinstance(with_memory, list)
-        full_every = remembered["full_every"]
-        assert isinstance(full_every, int)
         outcomes.append(
             IdleOutcome(
                 files,
                 tree.shape,
-                full_every,
                 without,
                 with_memory,
                 plain["usage"] == remembered["usage"],
@@ -116,33 +115,37 @@ def report(outcomes: list[IdleOutcome]) -> str:
         full_cpu = out.with_memory[0]["cpu"]
         skip_cpu = Summary.of([t["cpu"] for t in out.with_memory[1:]])
         skip_wall = Summary.of([t["wall"] for t in out.with_memory[1:]])
-        # One full read every full_every cycles, skipping sweeps in between.
         hourly_plain = plain_cpu.median * CYCLES_PER_HOUR
-        per_cycle = (plain_cpu.median + (out.full_every - 1) * skip_cpu.median) / out.full_every
-        hourly_memory = per_cycle * CYCLES_PER_HOUR
         rows.append(
             [
                 f"{out.files:,}",
                 out.shape,
-                "every directory read (before)",
+                "every directory read (`full_read_every: 0s`)",
                 show_seconds(plain_wall),
                 show_seconds(plain_cpu),
                 f"{hourly_plain:.0f} s",
             ]
         )
-        rows.append(
-            [
-                f"{out.files:,}",
-                out.shape,
-                f"unchanged directories skipped (full read every {out.full_every})",
-                show_seconds(skip_wall),
-                show_seconds(skip_cpu),
-                f"{hourly_memory:.1f} s",
-            ]
-        )
+        ratios = []
+        for name, cadence, note in CADENCES:
+            # One full read per cadence, every other sweep of the hour skipping.
+            full_reads = min(CYCLES_PER_HOUR, 3600 / cadence)
+            skips = CYCLES_PER_HOUR - full_reads
+            hourly = full_reads * plain_cpu.median + skips * skip_cpu.median
+            ratios.append(f"{hourly_plain / hourly:.0f}x lower at {name}")
+            rows.append(
+                [
+                    f"{out.files:,}",
+                    out.shape,
+                    f"unchanged directories skipped, `full_read_every: {name}`{note}",
+                    show_seconds(skip_wall),
+                    show_seconds(skip_cpu),
+                    f"{hourly:.1f} s",
+                ]
+            )
         notes.append(
             f"{out.files:,} {out.shape}: first sweep with memory {full_cpu:.2f} s CPU; "
-            f"CPU per hour {hourly_plain / hourly_memory:.0f}x lower; usage counters "
+            f"CPU per hour {', '.join(ratios)}; usage counters "
             + ("identical to a full read." if out.usage_equal else "**differ from a full read**.")
         )
     header = ["files", "shape", "sweep", "wall per sweep", "CPU per sweep", "CPU-s per hour"]
@@ -151,16 +154,17 @@ def report(outcomes: list[IdleOutcome]) -> str:
 
 IDLE_NOTES = """\
 CPU-s per hour assumes the default 30 s interval (120 sweeps an hour); with the memory,
-one sweep in `FULL_SWEEP_EVERY` reads everything, so the hourly figure is mostly those
-full reads. What the memory skips, and why it is safe: a directory whose mtime (and inode)
-is unchanged since it was read holds the same names, so until the earliest of its matching
-files reaches its rule's age nothing there can be due; its files and bytes from the last
-read are counted again. A directory changed less than 2 s before it was read, or where
-anything was removed, skipped as locked, or failed, is read again next cycle. What a
-directory's mtime cannot show waits at most for the next full read (5 minutes at the
-defaults): a file whose mtime is set back in place is removed late, never early, and a
-file that grows or shrinks in place has its bytes counted late. The memory holds one small
-record per directory, not per file.
+one sweep per `files.full_read_every` reads everything (priced as a sweep without memory),
+the others skip, so the hourly figure is mostly those full reads. What the memory skips,
+and why it is safe: a directory whose mtime (and inode) is unchanged since it was read
+holds the same names, so until the earliest of its matching files reaches its rule's age
+nothing there can be due; its files and bytes from the last read are counted again. A
+directory changed less than 2 s before it was read, or where anything was removed, skipped
+as locked, or failed, is read again next cycle. What a directory's mtime cannot show waits
+at most for the next full read (`full_read_every`, 5 minutes by default): a file whose
+mtime is set back in place is removed late, never early, and a file that grows or shrinks
+in place has its bytes counted late. The memory holds one small record per directory, not
+per file.
 """
 
 
