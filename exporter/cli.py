@@ -23,6 +23,7 @@ from cleaner import config as limpeza_config
 from exporter import webconfig
 from exporter.collector import LimpezaCollector
 from exporter.http import ExporterServer
+from exporter.reload import ReloadStatus
 
 log = logging.getLogger("limpeza.exporter")
 
@@ -115,8 +116,10 @@ def run(argv: Sequence[str] | None, env: Mapping[str, str]) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
 
     collector = LimpezaCollector(config, version=version())
+    reloads = ReloadStatus()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    registry.register(reloads)
     try:
         server = ExporterServer(address, registry, web, version=version())
     except OSError as exc:
@@ -142,9 +145,11 @@ def run(argv: Sequence[str] | None, env: Mapping[str, str]) -> int:
             try:
                 new_config = limpeza_config.load(config_path, env)
             except limpeza_config.ConfigError as exc:
+                reloads.failed()
                 log.error("SIGHUP: keeping the old configuration: %s", exc)
                 continue
             collector.reload(new_config)
+            reloads.succeeded()
             log.info("SIGHUP: configuration %s reloaded", config_path)
             started, now = config.exporter, new_config.exporter
             if (now.listen_address, now.web_config_file) != (
