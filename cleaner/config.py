@@ -255,9 +255,16 @@ def _jobs(reader: Reader, raw: object, env: Mapping[str, str]) -> JobsConfig:
     health_url = section["health_url"]
     if health_url is not None:
         health_url = reader.string(health_url, "jobs.health_url")
-        parts = urlsplit(health_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            reader.fail("jobs.health_url", f"expected an http(s) URL, got {show(health_url)}")
+        try:
+            parts = urlsplit(health_url)
+            good = parts.scheme in ("http", "https") and bool(parts.netloc)
+        except ValueError:  # a '[' or ']' that is not an IPv6 address
+            good = False
+        if not good:
+            reader.fail(
+                "jobs.health_url",
+                f"expected an http(s) URL, got {show(dsn_mod.mask_url(health_url))}",
+            )
 
     force = reader.mapping(
         section["force_clean"], "jobs.force_clean", DEFAULTS["jobs"]["force_clean"]

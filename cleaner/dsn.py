@@ -13,8 +13,9 @@ refuse, and says what is wrong without quoting any piece of the user info::
 (``postgresql://***@db:5432/app``), a ``password`` value becomes ``***``, and of a
 malformed DSN only the parts that were read as a host, a port or a database name remain.
 ``scrub`` removes the password (raw and decoded) and the user info from any text, libpq's
-error messages included. Nothing here ever raises on a hostile DSN except ``parse``, whose
-``DsnError`` is safe to print.
+error messages included. ``mask_url`` masks the user info of any other URL the same way
+(the API's health URL, ``http://user:password@host/health``). Nothing here ever raises on
+a hostile DSN except ``parse``, whose ``DsnError`` is safe to print.
 
 One module of about 500 lines on purpose: the two forms' readers, the masking of a DSN
 they refuse and the scrubbing share one notion of where the secrets are in the text, and
@@ -102,6 +103,23 @@ def mask(dsn: str) -> str:
         return parse(dsn).masked
     except DsnError as exc:
         return exc.masked
+
+
+def mask_url(url: str) -> str:
+    """``url`` fit for a log line: everything between ``scheme://`` (or the start) and the
+    last ``@`` becomes ``***``.
+
+    The last ``@``, not the first: written carelessly, a password may hold an ``@``, a
+    ``/`` or a ``#`` that a URL parser takes for the end of the user info, and no piece of
+    it may show. A URL with an ``@`` further on (in its path) loses more than its user
+    info, never less.
+    """
+    match = _SCHEME_RE.match(url)
+    start = match.end() if match is not None else 0
+    at = url.rfind("@", start)
+    if at < 0:
+        return url
+    return url[:start] + MASK + url[at:]
 
 
 def secrets(dsn: str) -> tuple[str, ...]:

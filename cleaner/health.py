@@ -31,6 +31,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cleaner.dsn import mask_url
+
 log = logging.getLogger(__name__)
 
 #: The largest answer read; a longer one is refused unread past this.
@@ -277,7 +279,10 @@ def _describe(exc: OSError | http.client.HTTPException, timeout: float, host: st
 
 
 class HealthMonitor:
-    """Checks the endpoint each cycle and returns the answer; logs changes only."""
+    """Checks the endpoint each cycle and returns the answer; logs changes only.
+
+    Log lines show the URL with its user info masked (``http://***@host/health``).
+    """
 
     def __init__(
         self,
@@ -287,6 +292,7 @@ class HealthMonitor:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url
+        self.shown_url = mask_url(url)
         self.timeout = timeout
         self._clock = clock
         self._was_up: bool | None = None
@@ -295,13 +301,17 @@ class HealthMonitor:
         result = replace(check_health(self.url, self.timeout), checked_at=self._clock())
         if not result.up:
             if self._was_up is not False:
-                log.warning("API health %s unreachable: %s", self.url, result.error)
+                log.warning("API health %s unreachable: %s", self.shown_url, result.error)
         elif self._was_up is False:
-            log.info("API health %s reachable again: %s jobs active", self.url, result.jobs_active)
+            log.info(
+                "API health %s reachable again: %s jobs active",
+                self.shown_url,
+                result.jobs_active,
+            )
         elif self._was_up is None:
-            log.info("API health %s: %s jobs active", self.url, result.jobs_active)
+            log.info("API health %s: %s jobs active", self.shown_url, result.jobs_active)
         else:
-            log.debug("API health %s: %s jobs active", self.url, result.jobs_active)
+            log.debug("API health %s: %s jobs active", self.shown_url, result.jobs_active)
         self._was_up = result.up
         return result
 

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg2
 
 from cleaner.config import JobsConfig
+from cleaner.dsn import mask_url
 from cleaner.health import check_health
 from cleaner.jobs.cache import CacheError, count_cache, read_cache
 from cleaner.jobs.connection import DatabaseDownError, connect, describe_error
@@ -71,7 +72,7 @@ def jobs_status(config: JobsConfig, *, now: float, application_name: str) -> dic
     if config.health_url:
         health = check_health(config.health_url, config.health_timeout)
         result["api"] = {
-            "url": config.health_url,
+            "url": mask_url(config.health_url),
             "up": health.up,
             "status": health.status,
             "jobs_active": health.jobs_active,

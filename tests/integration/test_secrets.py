@@ -1,5 +1,7 @@
 """Hostile DSNs through the real programs: no piece of the password in any byte they write.
 
+The same for a password in the API's health URL (``http://user:password@host/health``).
+
 Each DSN goes, in ``$LIMPEZA_DATABASE_URL``, to the real ``limpeza-cleaner`` (check-config,
 once, status --json, the daemon) and the real ``limpeza-exporter`` (scraped), on a real
 PostgreSQL; every byte of their stdout, stderr and logs, and every file they leave, is
@@ -10,15 +12,19 @@ hostile password written correctly just works.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,6 +35,7 @@ import yaml
 from psycopg2 import sql
 
 from devtools.limpeza import CleanerProcess, ExporterProcess, LimpezaProcessError, start_exporter
+from devtools.process import free_port
 from tests.fixtures.postgres import JobsDatabase
 
 pytestmark = pytest.mark.integration
@@ -127,9 +134,10 @@ class Run:
 
 
 class Programs:
-    """Runs the real cleaner and exporter with one DSN; every process is stopped by it."""
+    """Runs the real cleaner and exporter with one DSN (and ``health_url``, if given); every
+    process is stopped by it."""
 
-    def __init__(self, base: Path, dsn: str) -> None:
+    def __init__(self, base: Path, dsn: str, health_url: str | None = None) -> None:
         self.base = base
         (base / "uploads").mkdir(parents=True, exist_ok=True)
         raw = {
@@ -138,7 +146,11 @@ class Programs:
             "audit_log": str(base / "audit.jsonl"),
             "log_level": "debug",
             "files": {"directories": [str(base / "uploads")]},
-            "jobs": {"database": {"table": "jobs"}, "force_clean": {"auto": False}},
+            "jobs": {
+                "database": {"table": "jobs"},
+                "force_clean": {"auto": False},
+                "health_url": health_url,
+            },
         }
         self.config = base / "limpeza.yml"
         self.config.write_text(yaml.safe_dump(raw), encoding="utf-8")
@@ -235,11 +247,11 @@ class Programs:
 
 
 @pytest.fixture
-def programs(tmp_path: Path) -> Iterator[Callable[[str], Programs]]:
+def programs(tmp_path: Path) -> Iterator[Callable[..., Programs]]:
     made: list[Programs] = []
 
-    def make(dsn: str) -> Programs:
-        made.append(Programs(tmp_path / f"run-{len(made)}", dsn))
+    def make(dsn: str, health_url: str | None = None) -> Programs:
+        made.append(Programs(tmp_path / f"run-{len(made)}", dsn, health_url))
         return made[-1]
 
     try:
@@ -326,3 +338,119 @@ def test_a_hostile_password_written_correctly_just_works(
     _, scrapes = run.exporter()
     assert [database_up(s) for s in scrapes] == [1.0, 1.0]
     run.assert_no_fragment(EVERYTHING)
+
+
+# -- a password in the API's health URL ----------------------------------------------------
+
+#: The health endpoint's password: URL-safe as it is, so it is written raw in every URL.
+API_PASSWORD = "QZ9XJ-KV7Vq"
+API_USER = "limpeza-monitor"
+
+
+class AuthApi:
+    """A real HTTP server on 127.0.0.1 whose /health wants HTTP basic authentication."""
+
+    def __init__(self) -> None:
+        expected = "Basic " + base64.b64encode(f"{API_USER}:{API_PASSWORD}".encode()).decode()
+        self.authorized = 0
+
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.headers.get("Authorization") != expected:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="api"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                api.authorized += 1
+                body = b'{"status": "healthy", "jobs_active": 2}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def auth_api() -> Iterator[AuthApi]:
+    api = AuthApi()
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+#: name -> (health URL from the API's port and a free port, what the programs must say).
+HEALTH_CASES: dict[str, tuple[Callable[[int, int], str], str]] = {
+    "answers": (
+        lambda port, _: f"http://{API_USER}:{API_PASSWORD}@127.0.0.1:{port}/health",
+        "2 jobs active",
+    ),
+    "wrong-password": (
+        lambda port, _: f"http://{API_USER}:{API_PASSWORD}-wrong@127.0.0.1:{port}/health",
+        "HTTP 401",
+    ),
+    "refused": (
+        lambda _, free: f"http://{API_USER}:{API_PASSWORD}@127.0.0.1:{free}/health",
+        "connection refused",
+    ),
+    # An unencoded '/' ends the user info for every URL parser: the rest of the password
+    # reads as a path.
+    "raw-slash": (
+        lambda port, _: f"http://{API_USER}:QZ9/XJ-KV7Vq@127.0.0.1:{port}/health",
+        "the health URL is not a valid URL",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", HEALTH_CASES)
+def test_a_password_in_the_health_url_is_never_written(
+    name: str,
+    jobs_db: JobsDatabase,
+    auth_api: AuthApi,
+    programs: Callable[..., Programs],
+) -> None:
+    make_url, says = HEALTH_CASES[name]
+    url = make_url(auth_api.port, free_port())
+    run = programs(jobs_db.dsn, url)
+    assert run.command("check-config").code == 0
+    once = run.command("once")
+    human = run.command("status")
+    status = run.command("status", "--json")
+    daemon = run.daemon("API health")
+    run.exporter()
+    run.assert_no_fragment(API_PASSWORD)
+    assert "limpeza-monitor" not in "".join(r.output for r in run.runs)
+    for each in (human, daemon):
+        assert "http://***@127.0.0.1:" in each.output, f"{each.what}: {each.output}"
+        assert says in each.output, f"{each.what}: {each.output}"
+    assert json.loads(status.output)["jobs"]["api"]["url"].startswith("http://***@127.0.0.1:")
+    assert once.code == 0, once.output  # the API's health never fails a sweep
+    assert (auth_api.authorized > 0) == (name == "answers")
+
+
+def test_a_health_url_that_is_not_http_is_refused_without_its_password(
+    jobs_db: JobsDatabase, programs: Callable[..., Programs]
+) -> None:
+    run = programs(jobs_db.dsn, f"ftp://{API_USER}:{API_PASSWORD}@127.0.0.1/health")
+    runs = [run.command("check-config"), run.command("once"), run.daemon("invalid")]
+    run.assert_no_fragment(API_PASSWORD)
+    for each in runs:
+        assert each.code == 2, f"{each.what}: {each.output}"
+        assert 'expected an http(s) URL, got "ftp://***@127.0.0.1/health"' in each.output

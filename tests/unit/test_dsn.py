@@ -308,3 +308,26 @@ def test_what_is_accepted_libpq_reads_the_same_and_nothing_raises(
     except UnicodeDecodeError:
         return  # percent-encoded bytes that are no UTF-8: libpq takes them, Python cannot
     assert parsed.params == libpq
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("http://127.0.0.1:8000/health", "http://127.0.0.1:8000/health"),
+        ("http://api:s3cret@127.0.0.1:8000/health", "http://***@127.0.0.1:8000/health"),
+        ("https://token@api.example/health?x=1", "https://***@api.example/health?x=1"),
+        # A careless password: the '@', '/' or '#' a parser would stop at stays masked.
+        ("http://api:s3@cr/et#x@127.0.0.1/health", "http://***@127.0.0.1/health"),
+        ("ftp://api:s3cret@host/health", "ftp://***@host/health"),
+        ("api:s3cret@host/health", "***@host/health"),
+    ],
+)
+def test_mask_url_hides_the_whole_user_info(url: str, masked: str) -> None:
+    assert dsn_mod.mask_url(url) == masked
+
+
+@given(st.text(min_size=3), st.text())
+def test_mask_url_never_shows_a_piece_of_the_user_info(userinfo: str, rest: str) -> None:
+    rest = rest.replace("@", "")
+    shown = dsn_mod.mask_url(f"http://{userinfo}@{rest}")
+    assert shown == f"http://***@{rest}"
