@@ -5,7 +5,8 @@
   health): ``exporter.state_metrics``;
 * the jobs, counted now with the cleaner's own code: one query on the jobs table when a
   database is configured, else the JSON job cache: ``exporter.job_metrics``;
-* ``statvfs`` of each monitored directory: ``exporter.filesystem_metrics``.
+* ``statvfs`` of each monitored directory: ``exporter.filesystem_metrics``;
+* and this process (``process_*``, client_python's process collector).
 
 A scrape never walks a directory tree and never fails for a partial fault: a database that
 is down or slow gives ``limpeza_database_up 0``, a missing or corrupt state file gives
@@ -19,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
+from prometheus_client import ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -53,6 +55,9 @@ class LimpezaCollector(Collector):
         self._monotonic = monotonic
         self._statvfs = statvfs
         self._faults = Faults(log)
+        # process_* (CPU, memory, file descriptors, start time) of this exporter, built
+        # fresh at each scrape; registry=None: it is part of this collector, not registered.
+        self._process = ProcessCollector(registry=None)
         self._config = config
         self._database = probe_for(config)
 
@@ -82,6 +87,7 @@ class LimpezaCollector(Collector):
         yield from job_metrics(config, self._database, self._faults, self._clock)
         yield from state_metrics(config, self._faults)
         yield from filesystem_metrics(config, self._statvfs, self._faults)
+        yield from self._process.collect()
         yield GaugeMetricFamily(
             "limpeza_exporter_scrape_duration_seconds",
             "Seconds this exporter spent collecting the metrics of this scrape.",

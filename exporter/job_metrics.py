@@ -4,26 +4,77 @@ Counting is the cleaner's own code (``cleaner.jobs``): the one definition of sta
 the same kept connection class the reaper uses. A database that is down or slow gives
 ``limpeza_database_up 0`` and no job counts; so does a cache that cannot be read
 (``limpeza_cache_up 0``). Each fault is logged once when it starts and once when it ends.
+Statuses outside the configured ones are counted as ``other`` (``exporter.statuses``).
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from psycopg2 import sql
 
 from cleaner.config import Config, DatabaseConfig
 from cleaner.jobs.cache import CacheError, count_cache, read_cache
-from cleaner.jobs.connection import DatabaseDownError, DatabaseError, KeptConnection
-from cleaner.jobs.database import count_database
-from cleaner.jobs.staleness import JobCounts
+from cleaner.jobs.connection import Connection, DatabaseDownError, DatabaseError, KeptConnection
+from cleaner.jobs.database import count_database, timestamp_expression, transaction
+from cleaner.jobs.staleness import JobCounts, record_timestamp
 from exporter.faults import Faults
+from exporter.statuses import fold, known_statuses
 
 APPLICATION_NAME = "limpeza-exporter"
 
 Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class JobsNow:
+    """What one scrape counted: jobs per status, stale ones, the oldest active job's age."""
+
+    counts: JobCounts
+    #: Active status -> seconds since the oldest job in it last showed life (absent: none).
+    oldest: Mapping[str, float] = field(default_factory=dict)
+
+
+def oldest_ages(
+    conn: Connection, db: DatabaseConfig, *, statement_timeout: float | None = None
+) -> dict[str, float]:
+    """Per active status, the age of its oldest job by the server's clock, in one transaction."""
+    query = sql.SQL(
+        "SELECT {status}::text, extract(epoch FROM now() - min({ts}))::float8 "
+        "FROM {table} WHERE {status}::text = ANY(%(active)s) GROUP BY 1"
+    ).format(
+        status=sql.Identifier(db.status_column),
+        ts=timestamp_expression(db),
+        table=sql.Identifier(*db.table_parts),
+    )
+    with transaction(conn, db, statement_timeout=statement_timeout, commit=False) as cur:
+        cur.execute(query, {"active": list(db.active_statuses)})
+        rows = cur.fetchall()
+    return {
+        str(status): max(0.0, float(age))
+        for status, age in rows
+        if age is not None and math.isfinite(float(age))
+    }
+
+
+def cache_oldest_ages(
+    records: Mapping[str, Mapping[str, object]], config: Config, now: float
+) -> dict[str, float]:
+    """Per active status, the age of its oldest cached job with a readable timestamp."""
+    oldest: dict[str, float] = {}
+    for record in records.values():
+        status = str(record.get("status"))
+        if status not in config.jobs.stale_after:
+            continue
+        moment = record_timestamp(record, config.jobs.cache_zone)
+        if moment is not None:
+            oldest[status] = max(oldest.get(status, 0.0), max(0.0, now - moment))
+    return oldest
 
 
 class DatabaseProbe:
@@ -47,14 +98,15 @@ class DatabaseProbe:
         )
         self._lock = threading.Lock()
 
-    def count(self) -> tuple[JobCounts | None, str | None]:
-        """(counts, None) or (None, why the database could not be counted)."""
+    def count(self) -> tuple[JobsNow | None, str | None]:
+        """(jobs, None) or (None, why the database could not be counted)."""
         if not self._lock.acquire(timeout=self.timeout + self.db.connect_timeout):
             return None, "another scrape is still waiting for the database"
         try:
             counts = self._kept.run(
-                lambda c: count_database(
-                    c, self.db, self.stale_after, statement_timeout=self.timeout
+                lambda c: JobsNow(
+                    count_database(c, self.db, self.stale_after, statement_timeout=self.timeout),
+                    oldest_ages(c, self.db, statement_timeout=self.timeout),
                 )
             )
         except DatabaseError as exc:
@@ -89,20 +141,22 @@ def job_metrics(
     config: Config, database: DatabaseProbe | None, faults: Faults, clock: Clock
 ) -> Iterator[Metric]:
     """The source's up gauge and, when it could be counted, the jobs per status."""
-    counts: JobCounts | None = None
+    jobs: JobsNow | None = None
     if database is not None:
-        counts, problem = database.count()
+        jobs, problem = database.count()
         faults.report("database", problem)
         yield _gauge(
             "limpeza_database_up",
             "1 when the job count query on the jobs table succeeded in this scrape.",
-            1 if counts is not None else 0,
+            1 if jobs is not None else 0,
         )
     elif config.jobs.cache_file is not None:
         try:
             records = read_cache(config.jobs.cache_file, lock_wait=1.0)
-            counts = count_cache(
-                records, config.jobs.stale_after, clock(), zone=config.jobs.cache_zone
+            now = clock()
+            jobs = JobsNow(
+                count_cache(records, config.jobs.stale_after, now, zone=config.jobs.cache_zone),
+                cache_oldest_ages(records, config, now),
             )
             faults.report(f"job cache {config.jobs.cache_file}", None)
         except CacheError as exc:
@@ -110,18 +164,23 @@ def job_metrics(
         yield _gauge(
             "limpeza_cache_up",
             "1 when the JSON job cache was read in this scrape (a missing file is empty).",
-            1 if counts is not None else 0,
+            1 if jobs is not None else 0,
         )
-    if counts is None:
+    if jobs is None:
         return
+    counts = jobs.counts
     if database is not None:
         where = "the jobs table"
         per_status = "Jobs in each active status now, counted in the jobs table at scrape time."
     else:
         where = "the JSON job cache"
         per_status = "Jobs per status now, counted in the JSON job cache at scrape time."
-    by_status = GaugeMetricFamily("limpeza_jobs", per_status, labels=["status"])
-    for status, number in sorted(counts.by_status.items()):
+    by_status = GaugeMetricFamily(
+        "limpeza_jobs",
+        per_status + " Statuses other than the configured ones are counted as other.",
+        labels=["status"],
+    )
+    for status, number in sorted(fold(counts.by_status, known_statuses(config)).items()):
         by_status.add_metric([status], number)
     yield by_status
     yield _gauge(
@@ -137,3 +196,12 @@ def job_metrics(
     for status, number in sorted(counts.stale.items()):
         stale.add_metric([status], number)
     yield stale
+    oldest = GaugeMetricFamily(
+        "limpeza_jobs_oldest_age_seconds",
+        "Seconds since the oldest job in each active status last showed life (its "
+        f"timestamp), in {where} now; 0 when the status has no job.",
+        labels=["status"],
+    )
+    for status in sorted(counts.stale):
+        oldest.add_metric([status], jobs.oldest.get(status, 0.0))
+    yield oldest

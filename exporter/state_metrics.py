@@ -20,6 +20,7 @@ from cleaner.config import Config
 from cleaner.state import ERROR_STAGES, JOB_SOURCES, SKIP_REASONS, State
 from exporter.faults import Faults
 from exporter.regular_file import read_regular_file
+from exporter.statuses import fold, known_statuses
 
 #: A state file holds a few counters per rule and directory: kilobytes. Past this it is
 #: not one the cleaner wrote.
@@ -111,8 +112,9 @@ def _counters(config: Config, state: State) -> Iterator[Metric]:
     known: dict[tuple[str, str], int] = {
         (source, status): 0 for source in JOB_SOURCES for status in config.jobs.active_statuses
     }
+    statuses = known_statuses(config)
     for source, per_status in state.jobs_reaped.items():
-        for status, number in per_status.items():
+        for status, number in fold(per_status, statuses).items():
             known[(source, status)] = number
     for (source, status), number in sorted(known.items()):
         reaped.add_metric([source, status], number)

@@ -69,6 +69,22 @@ def test_known_table_gives_exact_counts(jobs_db: JobsDatabase, tmp_path: Path) -
         collector.close()
 
 
+def test_oldest_active_job_age_per_status(jobs_db: JobsDatabase, tmp_path: Path) -> None:
+    jobs_db.insert_many(KNOWN_JOBS)
+    registry, collector = collector_for(exporter_config(jobs_db, tmp_path))
+    try:
+        v = registry.get_sample_value
+        running = v("limpeza_jobs_oldest_age_seconds", {"status": "running"})
+        queued = v("limpeza_jobs_oldest_age_seconds", {"status": "queued"})
+        assert running is not None and 86400 <= running < 86400 + 60
+        assert queued is not None and 7200 <= queued < 7200 + 60
+        assert v("limpeza_jobs_oldest_age_seconds", {"status": "done"}) is None
+        jobs_db.execute("DELETE FROM jobs WHERE status = 'queued'")
+        assert v("limpeza_jobs_oldest_age_seconds", {"status": "queued"}) == 0
+    finally:
+        collector.close()
+
+
 def test_empty_table_counts_zero_per_active_status(jobs_db: JobsDatabase, tmp_path: Path) -> None:
     registry, collector = collector_for(exporter_config(jobs_db, tmp_path))
     try:

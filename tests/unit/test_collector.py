@@ -149,8 +149,9 @@ def test_known_cache_gives_exact_job_counts(tmp_path: Path) -> None:
     assert v("limpeza_cache_up") == 1
     assert v("limpeza_jobs", {"status": "running"}) == 2
     assert v("limpeza_jobs", {"status": "queued"}) == 3
-    assert v("limpeza_jobs", {"status": "done"}) == 1
-    assert v("limpeza_jobs", {"status": "error"}) == 1
+    assert v("limpeza_jobs", {"status": "done"}) is None  # not a configured status
+    assert v("limpeza_jobs", {"status": "other"}) == 1
+    assert v("limpeza_jobs", {"status": "error"}) == 1  # the status the reaper writes
     assert v("limpeza_jobs_active") == 5
     assert v("limpeza_jobs_stale", {"status": "running"}) == 1
     assert v("limpeza_jobs_stale", {"status": "queued"}) == 1
@@ -286,7 +287,7 @@ def test_filesystem_series_per_monitored_directory(tmp_path: Path) -> None:
         assert v("limpeza_filesystem_files", labels) == st.f_files
 
 
-def test_unreadable_or_missing_directory_only_omits_its_own_series(
+def test_unreadable_or_missing_directory_has_an_error_series_and_its_ancestors_disk(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = make_config(tmp_path)
@@ -303,15 +304,83 @@ def test_unreadable_or_missing_directory_only_omits_its_own_series(
     generate_latest(registry)
     generate_latest(registry)
     v = registry.get_sample_value
-    assert v("limpeza_filesystem_size_bytes", {"directory": str(denied)}) is None
-    assert v("limpeza_filesystem_size_bytes", {"directory": str(tmp_path / "uploads")}) is None
+    parent = os.statvfs(tmp_path)
+    for directory in (denied, tmp_path / "uploads"):
+        labels = {"directory": str(directory)}
+        assert v("limpeza_filesystem_error", labels) == 1
+        # Measured where its files would be, so the disk alerts still watch it.
+        assert v("limpeza_filesystem_size_bytes", labels) == parent.f_blocks * parent.f_frsize
     assert v("limpeza_state_up") == 0
     messages = [r.getMessage() for r in caplog.records if "statvfs" in r.getMessage()]
     assert len(messages) == 2  # one per directory, not one per scrape
     assert any("Permission denied" in m for m in messages)
 
     (tmp_path / "uploads").mkdir()
-    assert v("limpeza_filesystem_size_bytes", {"directory": str(tmp_path / "uploads")}) > 0
+    assert v("limpeza_filesystem_error", {"directory": str(tmp_path / "uploads")}) == 0
+    size = v("limpeza_filesystem_size_bytes", {"directory": str(tmp_path / "uploads")})
+    assert size is not None and size > 0
+
+
+def test_a_directory_nothing_can_measure_has_only_its_error_series(tmp_path: Path) -> None:
+    def statvfs(path: Path) -> os.statvfs_result:
+        raise OSError(5, "Input/output error", str(path))
+
+    registry, _ = scrape(make_config(tmp_path), statvfs)
+    labels = {"directory": str(tmp_path / "uploads")}
+    assert registry.get_sample_value("limpeza_filesystem_error", labels) == 1
+    assert registry.get_sample_value("limpeza_filesystem_size_bytes", labels) is None
+
+
+def test_statuses_outside_the_configured_ones_are_one_other_series(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    assert config.jobs.cache_file is not None
+    records: dict[str, dict[str, object]] = {
+        f"job{i}": {"status": f"weird-{i}", "updated_at": NOW} for i in range(500)
+    }
+    records.update(KNOWN_CACHE)
+    write_cache(config.jobs.cache_file, records)
+    state = known_state()
+    state.jobs_reaped = {"cache": {f"weird-{i}": 1 for i in range(300)} | {"running": 2}}
+    StateStore(config.state_file).save(state)
+    registry, _ = scrape(config)
+    v = registry.get_sample_value
+    jobs = [s for f in registry.collect() if f.name == "limpeza_jobs" for s in f.samples]
+    assert {s.labels["status"] for s in jobs} == {"running", "queued", "error", "other"}
+    assert v("limpeza_jobs", {"status": "other"}) == 501  # 500 weird ones and one done
+    assert v("limpeza_jobs_active") == 5
+    reaped = [s for f in registry.collect() if f.name == "limpeza_jobs_reaped" for s in f.samples]
+    assert {s.labels["status"] for s in reaped if s.name.endswith("_total")} == {
+        "running",
+        "queued",
+        "other",
+    }
+    assert v("limpeza_jobs_reaped_total", {"source": "cache", "status": "other"}) == 300
+    assert v("limpeza_jobs_reaped_total", {"source": "cache", "status": "running"}) == 2
+
+
+def test_oldest_active_job_age_per_status_from_the_cache(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    assert config.jobs.cache_file is not None
+    write_cache(config.jobs.cache_file, KNOWN_CACHE)
+    registry, _ = scrape(config)
+    v = registry.get_sample_value
+    assert v("limpeza_jobs_oldest_age_seconds", {"status": "running"}) == 500
+    assert v("limpeza_jobs_oldest_age_seconds", {"status": "queued"}) == 300
+    assert v("limpeza_jobs_oldest_age_seconds", {"status": "done"}) is None
+
+    write_cache(config.jobs.cache_file, {})
+    assert v("limpeza_jobs_oldest_age_seconds", {"status": "running"}) == 0
+
+
+def test_process_metrics_of_the_exporter_itself(tmp_path: Path) -> None:
+    registry, _ = scrape(make_config(tmp_path))
+    v = registry.get_sample_value
+    resident = v("process_resident_memory_bytes")
+    assert resident is not None and resident > 0
+    fds = v("process_open_fds")
+    assert fds is not None and fds > 0
+    start = v("process_start_time_seconds")
+    assert start is not None and start > 0
 
 
 def test_reload_takes_the_new_rules(tmp_path: Path) -> None:
