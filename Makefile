@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 APT_PACKAGES := python3-venv findutils util-linux procps postgresql prometheus \
 	prometheus-alertmanager debootstrap systemd-container openssh-client curl time \
 	pgbouncer openssl
+# What only `make bench` needs: a C compiler for bench/contract.c.
+BENCH_PACKAGES := gcc libc6-dev
 PYTEST_ARGS ?=
 
 .PHONY: help setup packages venv demo test lint unit integration host bench bench-quick clean
@@ -51,9 +53,11 @@ test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: setup
+	@tools/ensure-packages $(BENCH_PACKAGES)
 	$(BIN)/python -m bench.run
 
 bench-quick: setup
+	@tools/ensure-packages $(BENCH_PACKAGES)
 	$(BIN)/python -m bench.run --quick
 
 clean:

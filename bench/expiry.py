@@ -1,4 +1,4 @@
-"""Section 1, expiring files: limpeza-cleaner once, find -delete and systemd-tmpfiles --clean.
+"""Section 1, expiring files: limpeza-cleaner once, the contract limit, find and tmpfiles.
 
 Each contender gets its own fresh ``cp -a`` copy of the same generated tree, in a rotating
 order, and the regular files left afterwards must be exactly the expected survivors.
@@ -7,6 +7,9 @@ The contenders and what each is told:
 
 * ``limpeza-cleaner once --json``: the three rules with ``max_age: 24h`` (``recursive:
   true`` for nested trees), ``protect: [original_*]``, no audit log.
+* ``contract`` (bench/contract.c, compiled with ``cc -O2``): exactly limpeza's system calls
+  per directory and per entry (see the program's header) and nothing else, the limit of
+  the safety contract for any implementation of it.
 * GNU find, one invocation with the three patterns as ``-o`` groups:
   ``find ROOT [-maxdepth 1] -type f ( -name P1 -o -name P2 -o -name P3 ) ! -name original_*
   -mmin +1440 -delete``.
@@ -19,7 +22,9 @@ The contenders and what each is told:
 
 from __future__ import annotations
 
+import functools
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +35,8 @@ from pathlib import Path
 from bench import trees
 from bench.measure import Run, Summary, ratio, run_child, show_mib, show_seconds, table
 
-CONTENDERS = ("find", "limpeza", "tmpfiles")
+CONTENDERS = ("find", "limpeza", "contract", "tmpfiles")
+CONTRACT_SOURCE = Path(__file__).with_name("contract.c")
 
 
 def limpeza_config(tree: trees.Tree, workdir: Path) -> Path:
@@ -92,12 +98,32 @@ def tmpfiles_binary() -> str | None:
     return shutil.which("systemd-tmpfiles")
 
 
+@functools.cache
+def contract_binary() -> str | None:
+    """bench/contract.c compiled once per run, in a temporary directory; None without cc."""
+    compiler = shutil.which("cc")
+    if compiler is None:
+        return None
+    binary = Path(tempfile.mkdtemp(prefix="limpeza-contract-")) / "contract"
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(CONTRACT_SOURCE)], check=True)
+    return str(binary)
+
+
+def contract_argv(root: Path, nested: bool) -> list[str]:
+    binary = contract_binary()
+    assert binary is not None
+    max_age = str(trees.MAX_AGE_HOURS * 3600)
+    return [binary, str(root), "1" if nested else "0", max_age, trees.PROTECT, *trees.PATTERNS]
+
+
 def contender_argv(name: str, copy_root: Path, tree: trees.Tree, workdir: Path) -> list[str]:
     moved = trees.Tree(
         copy_root, tree.files, tree.nested, tree.depth, tree.survivors, tree.survivor_count
     )
     if name == "find":
         return find_argv(copy_root, tree.nested)
+    if name == "contract":
+        return contract_argv(copy_root, tree.nested)
     if name == "limpeza":
         cleaner = str(Path(sys.executable).with_name("limpeza-cleaner"))
         return [cleaner, "--config", str(limpeza_config(moved, workdir)), "once", "--json"]
@@ -142,7 +168,8 @@ def measure_tree(
 
 
 def available() -> tuple[str, ...]:
-    return tuple(c for c in CONTENDERS if c != "tmpfiles" or tmpfiles_binary())
+    found = {"tmpfiles": tmpfiles_binary() is not None, "contract": contract_binary() is not None}
+    return tuple(c for c in CONTENDERS if found.get(c, True))
 
 
 def run_section(
@@ -173,6 +200,8 @@ def report(outcomes: list[Outcome]) -> str:
     for out in outcomes:
         find_wall = Summary.of([r.wall for r in out.runs["find"]])
         find_cpu = Summary.of([r.cpu for r in out.runs["find"]])
+        limit = out.runs.get("contract")
+        limit_cpu = Summary.of([r.cpu for r in limit]) if limit else None
         for name, runs in out.runs.items():
             wall = Summary.of([r.wall for r in runs])
             cpu = Summary.of([r.cpu for r in runs])
@@ -187,6 +216,7 @@ def report(outcomes: list[Outcome]) -> str:
                     show_mib(rss),
                     ratio(wall.median, find_wall.median),
                     ratio(cpu.median, find_cpu.median),
+                    ratio(cpu.median, limit_cpu.median) if limit_cpu else "-",
                 ]
             )
     header = [
@@ -198,6 +228,7 @@ def report(outcomes: list[Outcome]) -> str:
         "peak RSS",
         "wall / find",
         "CPU / find",
+        "CPU / contract",
     ]
     text = table(header, rows)
     problems = [f"{o.files} {o.shape}: {m}" for o in outcomes for m in o.mismatches]
