@@ -34,7 +34,7 @@ from cleaner.config import FilesConfig, Rule
 from cleaner.memory import STATIC_SKIPS, DirectoryTally, Seen, SweepMemory
 from cleaner.mounts import MountPoints
 from cleaner.patterns import Globs, RuleSet, is_protected, match_rule
-from cleaner.report import format_bytes
+from cleaner.report import Printable, format_bytes
 from cleaner.state import SKIP_REASONS, DirectoryUsage
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,9 @@ class Walker:
             root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             # Counted, not logged here: the daemon logs it when it changes, ``once`` always.
-            log.debug("directory %s does not exist: nothing to sweep there", self.root)
+            log.debug(
+                "directory %s does not exist: nothing to sweep there", Printable(str(self.root))
+            )
             self.result.missing.append(str(self.root))
             return
         except OSError as exc:
@@ -346,15 +348,15 @@ class Walker:
         """A subdirectory below ``max_depth``: counted, not entered; logged once per walk."""
         self.result.skip(TOO_DEEP)
         if self._logged_too_deep:
-            log.debug("not descending below the depth limit into %s", path)
+            log.debug("not descending below the depth limit into %s", Printable(path))
             return
         self._logged_too_deep = True
         log.warning(
             "directory %s is more than %d levels below %s: not swept (counted as skipped, "
             "too_deep; further ones at debug level)",
-            path,
+            Printable(path),
             self.max_depth,
-            self.root,
+            Printable(str(self.root)),
         )
 
     def _remembered(self, dir_fd: int, directory: str) -> Seen | None:
@@ -425,7 +427,7 @@ class Walker:
         elif S_ISDIR(mode) and self.recursive_rules:
             if st.st_dev != root_dev:
                 self._skip("mount_point", tally)
-                log.debug("not crossing mount point %s", _display(directory, name))
+                log.debug("not crossing mount point %s", Printable(_display(directory, name)))
             elif (st.st_dev, st.st_ino) not in self.other_roots:
                 subdirs.append(name)
         rule = match_rule(name, rules)
@@ -437,7 +439,7 @@ class Walker:
         if not regular:
             if S_ISLNK(mode):
                 self._skip("symlink", tally)
-                log.info("skipping symlink %s", _display(directory, name))
+                log.info("skipping symlink %s", Printable(_display(directory, name)))
             else:
                 self._skip("not_regular", tally)
             return None
@@ -478,13 +480,13 @@ class Walker:
         if crossed:
             os.close(fd)
             self.result.skip("mount_point")
-            log.debug("not crossing mount point %s", _display(directory, name))
+            log.debug("not crossing mount point %s", Printable(_display(directory, name)))
             return None
         return fd
 
     def _error(self, what: str, path: str, exc: OSError) -> None:
         self.result.errors += 1
-        log.error("%s %s: %s", what, path, exc.strerror or exc)
+        log.error("%s %s: %s", what, Printable(path), exc.strerror or exc)
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -524,7 +526,7 @@ def remove_candidate(
             return False
         if exc.errno not in (errno.EACCES, errno.EPERM):
             result.errors += 1
-            log.error("cannot open %s: %s", candidate.path, exc.strerror or exc)
+            log.error("cannot open %s: %s", Printable(candidate.path), exc.strerror or exc)
             return False
         fd = -1  # unreadable: no lock can be taken through it; unlink needs no read access
     try:
@@ -537,18 +539,18 @@ def remove_candidate(
             return False
         except OSError as exc:
             result.errors += 1
-            log.error("cannot stat %s: %s", candidate.path, exc.strerror or exc)
+            log.error("cannot stat %s: %s", Printable(candidate.path), exc.strerror or exc)
             return False
         if mounted:
             result.skip("mount_point")
-            log.debug("not removing mount point %s", candidate.path)
+            log.debug("not removing mount point %s", Printable(candidate.path))
             return False
         if fd >= 0:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 result.skip("locked")
-                log.info("skipping %s: locked by another process", candidate.path)
+                log.info("skipping %s: locked by another process", Printable(candidate.path))
                 return False
         if dry_run:
             return True
@@ -567,7 +569,7 @@ def remove_candidate(
             return False
         except OSError as exc:
             result.errors += 1
-            log.error("cannot remove %s: %s", candidate.path, exc.strerror or exc)
+            log.error("cannot remove %s: %s", Printable(candidate.path), exc.strerror or exc)
             return False
         return True
     finally:
@@ -585,6 +587,28 @@ def root_identities(roots: tuple[Path, ...]) -> dict[Path, tuple[int, int]]:
             continue  # missing or unreadable: the walk of that root reports it
         found[root] = (st.st_dev, st.st_ino)
     return found
+
+
+def _report(on_remove: RemovalHook, removal: Removal, result: SweepResult, first: bool) -> bool:
+    """Calls ``on_remove``; False when it failed (the output closed, say).
+
+    Reporting a removal never aborts a sweep: a failure is counted as an error and the
+    sweep goes on; the ``first`` one is logged, the others at debug level.
+    """
+    try:
+        on_remove(removal)
+    except Exception as exc:
+        result.errors += 1
+        log.log(
+            logging.ERROR if first else logging.DEBUG,
+            "cannot report the removal of %s (%s: %s): the sweep goes on%s",
+            Printable(removal.path),
+            type(exc).__name__,
+            Printable(str(exc)),
+            ", further failures at debug level" if first else "",
+        )
+        return False
+    return True
 
 
 class _Checkpoints:
@@ -656,6 +680,7 @@ def sweep(
     roots = root_identities(files.all_directories())
     if mounts is None:
         mounts = MountPoints.detect(files.all_directories())
+    reported = True  # no on_remove has failed yet
     tick = None
     if checkpoint is not None:
         tick = _Checkpoints(result, checkpoint, checkpoint_every, monotonic).tick
@@ -680,15 +705,14 @@ def sweep(
             if remove_candidate(candidate, result, dry_run, hooks, mounts):
                 st = candidate.st
                 if on_remove is not None:
-                    on_remove(
-                        Removal(
-                            candidate.rule.name,
-                            candidate.path,
-                            st.st_size,
-                            now - st.st_mtime,
-                            st.st_mtime,
-                        )
+                    removal = Removal(
+                        candidate.rule.name,
+                        candidate.path,
+                        st.st_size,
+                        now - st.st_mtime,
+                        st.st_mtime,
                     )
+                    reported &= _report(on_remove, removal, result, first=reported)
                 tally = result.removed[candidate.rule.name]
                 tally.files += 1
                 tally.bytes += st.st_size

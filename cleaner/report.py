@@ -58,6 +58,56 @@ def source_summary(counts: Mapping[str, int] | None, *, configured: bool) -> str
     return summary(counts) or "none"
 
 
+# --------------------------------------------------------------------------- names
+
+#: Control characters written as their usual escapes.
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def printable(name: str) -> str:
+    """A name from outside (a file's, a path) safe on one line of a log or of the output.
+
+    Names are data: one with a newline must not forge a log line, one with an escape
+    sequence must not drive the terminal, and one that is not UTF-8 must not make printing
+    fail. Printable characters stay as they are; a backslash is doubled; ``\\n``, ``\\r``
+    and ``\\t`` are written so; a byte that is not UTF-8 (which Python holds as a surrogate
+    escape) and any other ASCII control character as ``\\xNN``; any other character that
+    is not printable (C1 controls, format characters, line and paragraph separators) as
+    ``\\uNNNN`` or ``\\UNNNNNNNN``. So the result is one line, and unambiguous: ``\\xNN``
+    is always the byte NN of the name.
+    """
+    if name.isprintable() and "\\" not in name:
+        return name
+    out: list[str] = []
+    for char in name:
+        code = ord(char)
+        if char in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+class Printable:
+    """A name for a log line's arguments: escaped with ``printable`` only if it is logged."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __str__(self) -> str:
+        return printable(self.name)
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -65,7 +115,7 @@ def format_removal(removal: Removal, dry_run: bool) -> str:
     """One removed (or, in a dry run, removable) file, as ``once`` and ``purge`` print it."""
     verb = "would remove" if dry_run else "removed"
     return (
-        f"{verb} {removal.path!s} ({removal.rule}, {format_bytes(removal.size)}, "
+        f"{verb} {printable(removal.path)} ({removal.rule}, {format_bytes(removal.size)}, "
         f"{format_age(removal.age)} old)"
     )
 
@@ -75,7 +125,7 @@ def format_files_status(report: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     now = float(report["now"])
     for directory, per_rule in report["directories"].items():
-        lines.append(directory)
+        lines.append(printable(directory))
         for rule, s in per_rule.items():
             lines.append(
                 f"  {rule:<16} {s['files']:>8} files {format_bytes(s['bytes']):>10}"
