@@ -439,7 +439,7 @@ class Walker:
         if not regular:
             if S_ISLNK(mode):
                 self._skip("symlink", tally)
-                log.info("skipping symlink %s", Printable(_display(directory, name)))
+                log.debug("skipping symlink %s", Printable(_display(directory, name)))
             else:
                 self._skip("not_regular", tally)
             return None
@@ -550,7 +550,7 @@ def remove_candidate(
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 result.skip("locked")
-                log.info("skipping %s: locked by another process", Printable(candidate.path))
+                log.debug("skipping %s: locked by another process", Printable(candidate.path))
                 return False
         if dry_run:
             return True
