@@ -8,20 +8,27 @@ the same rows (the stale ones are put back and the table vacuumed between runs):
 
 * limpeza: ``cleaner.jobs.database.end_jobs`` per active status, as the daemon's reaper calls it:
   batches of ``batch_size`` rows, ``UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE
-  SKIP LOCKED)``, each batch its own transaction;
+  SKIP LOCKED)``, each batch its own transaction (``BEGIN``, the ``SET LOCAL`` limits, the
+  UPDATE, ``COMMIT``: four round trips);
+* the same through PgBouncer (Debian's package) in transaction pooling mode with a pool of
+  one server connection, as Supabase's pooler on port 6543 hands them out, logged in as a
+  password-protected role (SCRAM on both sides);
 * one statement: ``UPDATE jobs SET status = 'error', error_message = ... WHERE
   (status = 'running' AND updated_at < now() - 3 min) OR (status = 'queued' AND ...)``.
 
-Row locks are held until commit, so the longest statement (transaction) of a contender
-is the longest time any row stays locked: the longest an API request touching such a row
-can be blocked. The idle cycle is the daemon's whole JobReaper cycle (reap each status,
+Row locks are held until commit, so a contender's longest transaction (``BEGIN`` sent to
+``COMMIT`` answered, timed by the client) bounds the time any row stays locked: the longest
+an API request touching such a row can be blocked. The SQL is timed on a plain psycopg2
+connection: the daemon's client-side deadline (a watcher thread per statement) is not in
+these figures. The idle cycle is the daemon's whole JobReaper cycle (reap each status,
 count the active jobs) when nothing is stale, without and with the index the README
-recommends, ``CREATE INDEX ON jobs (status, updated_at)``.
+recommends, ``CREATE INDEX ON jobs (status, updated_at)``, directly and through PgBouncer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,33 +41,51 @@ from bench.measure import Summary, ratio, show_seconds, table
 from cleaner.config import Config, build
 from cleaner.jobs.database import end_jobs
 from cleaner.jobs.reaper import JobReaper
-from devtools import postgres
+from devtools import pgbouncer, postgres
+from devtools.pgbouncer import PgBouncer
 from devtools.postgres import PostgresServer
+from devtools.process import MissingRequirementError
 
 STALE_AFTER = {"running": "3m", "queued": "2m"}
 REASON = "stale (benchmark)"
 INDEX = "jobs_status_updated_at_idx"
+BATCHED = "limpeza batched"
+POOLED = "limpeza batched, PgBouncer transaction pool"
+SINGLE = "single UPDATE"
+CONTENDERS = (BATCHED, POOLED, SINGLE)
+DIRECT, THROUGH_POOLER = "direct", "PgBouncer"
 
 
 class _TimedCursor(psycopg2.extensions.cursor):
-    """Records how long each statement takes, commit included (autocommit)."""
-
-    durations: list[float]
+    """Records how long each transaction takes, from ``BEGIN`` sent to ``COMMIT`` answered;
+    a statement outside ``BEGIN`` is a transaction of its own (autocommit)."""
 
     def execute(self, query: Any, vars: Any = None) -> None:
+        conn = self.connection
+        assert isinstance(conn, _TimedConnection)
         start = time.perf_counter()
         try:
             super().execute(query, vars)
         finally:
-            self.connection.durations.append(time.perf_counter() - start)  # type: ignore[attr-defined]
+            end = time.perf_counter()
+            command = query.strip().upper() if isinstance(query, str) else None
+            if command == "BEGIN":
+                conn.began = start
+            elif command in ("COMMIT", "ROLLBACK") and conn.began is not None:
+                conn.durations.append(end - conn.began)
+                conn.began = None
+            elif conn.began is None:
+                conn.durations.append(end - start)
 
 
 class _TimedConnection(psycopg2.extensions.connection):
     durations: list[float]
+    began: float | None
 
     def __init__(self, dsn: str) -> None:
         super().__init__(dsn)
         self.durations = []
+        self.began = None
         self.cursor_factory = _TimedCursor
 
 
@@ -80,7 +105,8 @@ def server() -> Iterator[PostgresServer]:
 
 
 def load(conn: psycopg2.extensions.connection, rows: int) -> dict[str, int]:
-    """Creates and fills the jobs table; returns the expected stale count per status."""
+    """Creates and fills the jobs table (the test role may reap it through the pooler);
+    returns the expected stale count per status."""
     with conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS jobs")
         cur.execute(
@@ -106,6 +132,7 @@ def load(conn: psycopg2.extensions.connection, rows: int) -> dict[str, int]:
             """,
             (rows,),
         )
+        cur.execute(f"GRANT SELECT, UPDATE ON jobs TO {postgres.ROLE}")
         cur.execute("VACUUM ANALYZE jobs")
     stale = rows // 100
     return {"running": rows // 200, "queued": stale - rows // 200}
@@ -145,7 +172,7 @@ def reaped(conn: psycopg2.extensions.connection) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def config_for(pg: PostgresServer) -> Config:
+def config_for(dsn: str) -> Config:
     raw = {
         "state_file": "/nonexistent/state.json",
         "audit_log": None,
@@ -159,14 +186,14 @@ def config_for(pg: PostgresServer) -> Config:
             },
         },
     }
-    return build(raw, env={"LIMPEZA_DATABASE_URL": pg.dsn()})
+    return build(raw, env={"LIMPEZA_DATABASE_URL": dsn})
 
 
-def reap_batched(pg: PostgresServer, config: Config) -> tuple[float, list[float], int]:
+def reap_batched(config: Config) -> tuple[float, list[float], int]:
     """limpeza's reap: wall time, each batch's duration, rows changed."""
     db = config.jobs.database
-    assert db is not None
-    conn = psycopg2.connect(pg.dsn(), connection_factory=_TimedConnection)
+    assert db is not None and db.dsn is not None
+    conn = psycopg2.connect(db.dsn, connection_factory=_TimedConnection)
     try:
         conn.autocommit = True
         start = time.perf_counter()
@@ -218,12 +245,22 @@ class ReapOutcome:
     rows: int
     stale: int
     runs: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    #: "no index|direct" -> idle cycle walls.
     idle: dict[str, list[float]] = field(default_factory=dict)
     mismatches: list[str] = field(default_factory=list)
 
 
-def measure(pg: PostgresServer, rows: int, repeats: int, log: Callable[[str], None]) -> ReapOutcome:
-    config = config_for(pg)
+def measure(
+    pg: PostgresServer,
+    pooler: PgBouncer | None,
+    rows: int,
+    repeats: int,
+    log: Callable[[str], None],
+) -> ReapOutcome:
+    configs = {DIRECT: config_for(pg.dsn())}
+    if pooler is not None:
+        configs[THROUGH_POOLER] = config_for(pooler.dsn("postgres"))
+    names = [BATCHED, SINGLE] if pooler is None else [BATCHED, POOLED, SINGLE]
     with contextlib.closing(pg.connect()) as conn:
         started = time.perf_counter()
         expected = load(conn, rows)
@@ -233,14 +270,17 @@ def measure(pg: PostgresServer, rows: int, repeats: int, log: Callable[[str], No
         for indexed in (False, True):
             set_index(conn, indexed)
             tag = "with index" if indexed else "no index"
-            for name in ("limpeza batched", "single UPDATE"):
+            for name in names:
                 out.runs[f"{name}|{tag}"] = {"wall": [], "longest": [], "batches": []}
             for rep in range(repeats):
-                names = ["limpeza batched", "single UPDATE"]
-                for name in names if rep % 2 == 0 else names[::-1]:
+                # Each repeat runs the contenders in another order.
+                shift = rep % len(names)
+                for name in names[shift:] + names[:shift]:
                     reset(conn)
-                    if name == "limpeza batched":
-                        wall, durations, changed = reap_batched(pg, config)
+                    if name == BATCHED:
+                        wall, durations, changed = reap_batched(configs[DIRECT])
+                    elif name == POOLED:
+                        wall, durations, changed = reap_batched(configs[THROUGH_POOLER])
                     else:
                         wall, durations, changed = reap_single(pg)
                     done, wrong = reaped(conn)
@@ -254,21 +294,46 @@ def measure(pg: PostgresServer, rows: int, repeats: int, log: Callable[[str], No
                     entry["longest"].append(max(durations))
                     entry["batches"].append(len(durations))
                     log(
-                        f"  {rows} {name} ({tag}): {wall:.3f}s, longest lock "
-                        f"{max(durations):.3f}s over {len(durations)} statements"
+                        f"  {rows} {name} ({tag}): {wall:.3f}s, longest transaction "
+                        f"{max(durations):.3f}s of {len(durations)}"
                     )
-            out.idle[tag] = [idle_cycle(config) for _ in range(max(repeats, 5))]
-            log(f"  {rows} idle cycle ({tag}): {Summary.of(out.idle[tag]).median:.4f}s")
+            paths = list(configs)
+            for path in paths:
+                out.idle[f"{tag}|{path}"] = []
+            for rep in range(max(repeats, 5)):
+                for path in paths if rep % 2 == 0 else paths[::-1]:
+                    out.idle[f"{tag}|{path}"].append(idle_cycle(configs[path]))
+            for path in paths:
+                walls = out.idle[f"{tag}|{path}"]
+                log(f"  {rows} idle cycle ({tag}, {path}): {Summary.of(walls).median:.4f}s")
     return out
+
+
+@contextlib.contextmanager
+def pooler_for(pg: PostgresServer, log: Callable[[str], None]) -> Iterator[PgBouncer | None]:
+    """PgBouncer in transaction mode (pool of one) in front of ``pg``, stopped afterwards;
+    None, said in the log, when it is not installed."""
+    postgres.create_test_role(pg)
+    try:
+        bouncer = pgbouncer.start_pgbouncer(pg, pool_mode="transaction", pool_size=1)
+    except MissingRequirementError as missing:
+        log(f"no PgBouncer contender: {missing}")
+        yield None
+        return
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+        shutil.rmtree(bouncer.base, ignore_errors=True)
 
 
 def run_section(
     sizes: tuple[int, ...], repeats: int, log: Callable[[str], None]
 ) -> list[ReapOutcome]:
     outcomes = []
-    with server() as pg:
+    with server() as pg, pooler_for(pg, log) as pooler:
         for rows in sizes:
-            outcomes.append(measure(pg, rows, repeats, log))
+            outcomes.append(measure(pg, pooler, rows, repeats, log))
     return outcomes
 
 
@@ -276,12 +341,14 @@ def report(outcomes: list[ReapOutcome]) -> str:
     rows = []
     for out in outcomes:
         for tag in ("no index", "with index"):
-            single = Summary.of(out.runs[f"single UPDATE|{tag}"]["wall"])
-            for name in ("limpeza batched", "single UPDATE"):
-                entry = out.runs[f"{name}|{tag}"]
+            single = Summary.of(out.runs[f"{SINGLE}|{tag}"]["wall"])
+            for name in CONTENDERS:
+                entry = out.runs.get(f"{name}|{tag}")
+                if entry is None:
+                    continue
                 wall = Summary.of(entry["wall"])
                 longest = Summary.of(entry["longest"])
-                single_longest = Summary.of(out.runs[f"single UPDATE|{tag}"]["longest"])
+                single_longest = Summary.of(out.runs[f"{SINGLE}|{tag}"]["longest"])
                 rows.append(
                     [
                         f"{out.rows:,}",
@@ -303,28 +370,43 @@ def report(outcomes: list[ReapOutcome]) -> str:
         "transactions",
         "reap wall",
         "wall / single",
-        "longest row lock",
+        "longest transaction (row lock)",
         "lock / single",
     ]
     idle_rows = []
     for out in outcomes:
-        plain = Summary.of(out.idle["no index"])
+        plain = Summary.of(out.idle[f"no index|{DIRECT}"])
         for tag in ("no index", "with index"):
-            idle = Summary.of(out.idle[tag])
-            idle_rows.append(
-                [f"{out.rows:,}", tag, show_seconds(idle), ratio(idle.median, plain.median)]
-            )
+            for path in (DIRECT, THROUGH_POOLER):
+                walls = out.idle.get(f"{tag}|{path}")
+                if walls is None:
+                    continue
+                idle = Summary.of(walls)
+                idle_rows.append(
+                    [
+                        f"{out.rows:,}",
+                        tag,
+                        path,
+                        show_seconds(idle),
+                        ratio(idle.median, plain.median),
+                    ]
+                )
     problems = [f"{o.rows}: {m}" for o in outcomes for m in o.mismatches]
     verdict = (
-        "Every run of both contenders turned exactly the stale rows to `error` and no other."
+        "Every run of every contender turned exactly the stale rows to `error` and no other."
         if not problems
         else "**Mismatches:** " + "; ".join(problems)
     )
+    pooled = any(key.startswith(POOLED) for o in outcomes for key in o.runs)
+    missing = "" if pooled else "\n\nPgBouncer is not installed: no pooler contender ran."
     return (
         table(header, rows)
         + "\n\n"
         + verdict
+        + missing
         + "\n\nThe daemon's whole job cycle when nothing is stale (reap each active status, "
         "count active jobs), connection kept:\n\n"
-        + table(["rows", "index", "idle cycle wall", "vs no index"], idle_rows)
+        + table(
+            ["rows", "index", "connection", "idle cycle wall", "vs no index, direct"], idle_rows
+        )
     )
