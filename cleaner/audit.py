@@ -1,4 +1,10 @@
-"""The audit log: one JSON line per file removed (time, rule, path, size, age)."""
+"""The audit log: one JSON line per file removed (time, rule, path, size, freed, age).
+
+Each line is written with one ``write`` to a descriptor opened with ``O_APPEND``, right
+after the unlink it records (``cleaner.files.sweep`` calls it first), so a crash loses at
+most the line of the file being removed, and never leaves half a line. The path is the
+exact name, not UTF-8 bytes included (as JSON surrogate escapes, ``\udcff``).
+"""
 
 from __future__ import annotations
 
@@ -62,6 +68,8 @@ class AuditLog:
             "size": removal.size,
             "age": round(removal.age, 3),
         }
+        if removal.freed is not None:
+            record["freed"] = removal.freed
         # ensure_ascii keeps names that are not UTF-8 (surrogate escapes) valid JSON.
         line = json.dumps(record, ensure_ascii=True, sort_keys=True) + "\n"
         try:

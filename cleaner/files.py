@@ -6,16 +6,17 @@ through directory file descriptors and never follows a symlink nor crosses a mou
 right before ``unlink`` the entry is checked to be the very file that was examined, and a
 file another process holds with ``flock`` is left alone (systemd-tmpfiles' pin contract).
 
-Memory does not grow with the number of files: directories are read as streams and only
-the names of subdirectories still to visit are held.
+Memory does not grow with the number of files: directories are read as streams, walked
+depth first with an explicit stack at most ``MAX_DEPTH`` levels deep, and only the names of
+subdirectories still to visit are held.
 
-The walk and the removal stay in one module (a little over 450 lines) because they are one
-safety argument: every check the walk makes is re-made by the removal right before the
-unlink, and reading them side by side is how a reviewer sees that nothing slips between.
+The walk and the removal stay in one module (about 750 lines) because they are one safety
+argument: every check the walk makes is re-made by the removal right before the unlink,
+and reading them side by side is how a reviewer sees that nothing slips between.
 
-Which rule a name falls under is ``cleaner.patterns``; what the daemon's sweeps remember
-between cycles, ``cleaner.memory``; purging one session, ``cleaner.sessions``; the files
-part of ``status``, ``cleaner.survey``.
+Which rule a name falls under is ``cleaner.patterns``; which entries are mount points,
+``cleaner.mounts``; what the daemon's sweeps remember between cycles, ``cleaner.memory``;
+purging one session, ``cleaner.sessions``; the files part of ``status``, ``cleaner.survey``.
 """
 
 from __future__ import annotations
@@ -51,21 +52,42 @@ CheckpointHook = Callable[["SweepResult"], None]
 CHECKPOINT_EVERY = 1.0
 
 
+def freed_bytes(st: os.stat_result) -> int:
+    """What removing this name gives back to the filesystem: its allocated blocks when it
+    is the file's last link, else nothing (``st_blocks`` counts 512-byte units). A sparse
+    file frees less than its size, a hard link nothing until the last one goes."""
+    return st.st_blocks * 512 if st.st_nlink == 1 else 0
+
+
 @dataclass(frozen=True)
 class Removal:
-    """One file removed (or that a dry run would remove)."""
+    """One file removed (or that a dry run would remove).
+
+    ``size`` is its apparent size; ``freed`` what its removal gave back (``freed_bytes``),
+    None where it was not measured.
+    """
 
     rule: str
     path: str
     size: int
     age: float
     mtime: float
+    freed: int | None = None
 
 
 @dataclass
 class RuleTally:
+    """Files removed under one rule: how many, the bytes freed (``freed_bytes``: allocated
+    blocks, last links only) and their apparent size."""
+
     files: int = 0
     bytes: int = 0
+    apparent: int = 0
+
+    def add(self, other: RuleTally, sign: int = 1) -> None:
+        self.files += sign * other.files
+        self.bytes += sign * other.bytes
+        self.apparent += sign * other.apparent
 
 
 @dataclass
@@ -88,7 +110,13 @@ class SweepResult:
 
     @property
     def bytes_removed(self) -> int:
+        """The bytes freed (allocated blocks of the files whose last link went)."""
         return sum(t.bytes for t in self.removed.values())
+
+    @property
+    def apparent_bytes_removed(self) -> int:
+        """The apparent size (``st_size``) of the files removed."""
+        return sum(t.apparent for t in self.removed.values())
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -97,7 +125,7 @@ class SweepResult:
         """A copy of the counters (removed, skipped, errors) alone."""
         return SweepResult(
             self.dry_run,
-            removed={n: RuleTally(t.files, t.bytes) for n, t in self.removed.items()},
+            removed={n: RuleTally(t.files, t.bytes, t.apparent) for n, t in self.removed.items()},
             skipped=dict(self.skipped),
             errors=self.errors,
         )
@@ -106,9 +134,7 @@ class SweepResult:
         """The counters added since ``before`` (an earlier ``counters()``) was taken."""
         done = self.counters()
         for name, tally in before.removed.items():
-            now = done.removed.setdefault(name, RuleTally())
-            now.files -= tally.files
-            now.bytes -= tally.bytes
+            done.removed.setdefault(name, RuleTally()).add(tally, -1)
         for reason, count in before.skipped.items():
             done.skipped[reason] = done.skipped.get(reason, 0) - count
         done.errors -= before.errors
@@ -149,7 +175,11 @@ class SweepResult:
             "dry_run": self.dry_run,
             "files_removed": self.files_removed,
             "bytes_removed": self.bytes_removed,
-            "rules": {n: {"files": t.files, "bytes": t.bytes} for n, t in self.removed.items()},
+            "apparent_bytes_removed": self.apparent_bytes_removed,
+            "rules": {
+                n: {"files": t.files, "bytes": t.bytes, "apparent_bytes": t.apparent}
+                for n, t in self.removed.items()
+            },
             "skipped": dict(self.skipped),
             "errors": self.errors,
             "directories": {
@@ -563,6 +593,7 @@ def remove_candidate(
         if not _same_file(candidate.st, now_st):
             result.skip("changed")
             return False
+        candidate.st = now_st  # the same file; its link count right before the unlink
         try:
             os.unlink(candidate.name, dir_fd=candidate.dir_fd)
         except FileNotFoundError:
@@ -704,6 +735,7 @@ def sweep(
         for candidate in walker.candidates():
             if remove_candidate(candidate, result, dry_run, hooks, mounts):
                 st = candidate.st
+                freed = freed_bytes(st)
                 if on_remove is not None:
                     removal = Removal(
                         candidate.rule.name,
@@ -711,11 +743,13 @@ def sweep(
                         st.st_size,
                         now - st.st_mtime,
                         st.st_mtime,
+                        freed,
                     )
                     reported &= _report(on_remove, removal, result, first=reported)
                 tally = result.removed[candidate.rule.name]
                 tally.files += 1
-                tally.bytes += st.st_size
+                tally.bytes += freed
+                tally.apparent += st.st_size
                 if not dry_run:  # usage is what stays on disk after the sweep
                     usage.files -= 1
                     usage.bytes -= st.st_size

@@ -111,7 +111,7 @@ def test_every_query_uses_the_variables(title: str, target: dict[str, Any]) -> N
 def test_active_jobs_panel_shows_the_paging_threshold() -> None:
     rules = yaml.safe_load(RULES.read_text(encoding="utf-8"))
     (rule,) = [
-        r for g in rules["groups"] for r in g["rules"] if r["alert"] == "LimpezaJobsActiveHigh"
+        r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "LimpezaJobsActiveHigh"
     ]
     threshold = float(rule["expr"].rsplit(">", 1)[1])
     (panel,) = [p for p in panels() if p["title"] == "Active jobs"]
@@ -125,7 +125,8 @@ def test_active_jobs_panel_shows_the_paging_threshold() -> None:
 
 
 def seed_expired_files(directory: Path) -> int:
-    """Files each default rule removes (two days old) and one it keeps; their total size."""
+    """Files each default rule removes (two days old) and one it keeps; the bytes their
+    removal frees (their blocks)."""
     old = time.time() - 2 * 86400
     total = 0
     for name, size in (
@@ -136,7 +137,7 @@ def seed_expired_files(directory: Path) -> int:
         path = directory / name
         path.write_bytes(b"x" * size)
         os.utime(path, (old, old))
-        total += size
+        total += os.stat(path).st_blocks * 512
     (directory / "session_fresh.json").write_bytes(b"{}")
     return total
 

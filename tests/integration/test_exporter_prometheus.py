@@ -25,10 +25,12 @@ def cleaner_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "cleaner"]
 
 
-def make_file(path: Path, size: int, age: float) -> None:
+def make_file(path: Path, size: int, age: float) -> int:
+    """Writes ``size`` bytes aged ``age``; returns what removing it frees (its blocks)."""
     path.write_bytes(b"x" * size)
     moment = time.time() - age
     os.utime(path, (moment, moment))
+    return os.stat(path).st_blocks * 512
 
 
 def by_label(results: list[dict[str, object]], label: str) -> dict[str, float]:
@@ -49,12 +51,13 @@ def test_prometheus_scrapes_what_the_cleaner_did_and_the_jobs_table(
 ) -> None:
     site = write_site(tmp_path, jobs_db)
     # Expired files (removed), a fresh one and a protected-looking one (kept).
-    for i in range(3):
-        make_file(site.uploads / f"session_{i}.json", 100 + i, 2 * DAY)
+    sessions = sum(
+        make_file(site.uploads / f"session_{i}.json", 100 + i, 2 * DAY) for i in range(3)
+    )
     make_file(site.uploads / "session_fresh.json", 50, 60)
     make_file(site.uploads / "original_session_1.json", 70, 3 * DAY)
-    make_file(site.renders / "final_a.mp4", 1000, 2 * DAY)
-    make_file(site.renders / "final_b.mp4", 2000, 5 * DAY)
+    finals = make_file(site.renders / "final_a.mp4", 1000, 2 * DAY)
+    finals += make_file(site.renders / "final_b.mp4", 2000, 5 * DAY)
 
     # Stale jobs the cleaner run reaps (and counts in its state file).
     jobs_db.insert_many(
@@ -109,8 +112,8 @@ def test_prometheus_scrapes_what_the_cleaner_did_and_the_jobs_table(
         "final_videos": 2,
     }
     assert by_label(prom.query("limpeza_bytes_removed_total"), "rule") == {
-        "sessions": 100 + 101 + 102,
-        "final_videos": 3000,
+        "sessions": sessions,  # bytes freed: the files' blocks
+        "final_videos": finals,
     }
     reaped = prom.query('limpeza_jobs_reaped_total{source="database"}')
     assert by_label(reaped, "status") == {"running": 2, "queued": 1}

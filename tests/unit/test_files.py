@@ -33,6 +33,7 @@ def test_removes_only_expired_matching_files(tree: Tree) -> None:
     tree.file("original_video.mp4", age=365 * DAY)
     tree.file("upload_user.mp4", age=365 * DAY)
     tree.file("session_old.json.bak", age=365 * DAY)
+    block = os.stat(tree.uploads / "session_old.json").st_blocks * 512  # one block each
     result = _sweep(tree)
     assert tree.names() == {
         "session_new.json",
@@ -41,10 +42,10 @@ def test_removes_only_expired_matching_files(tree: Tree) -> None:
         "upload_user.mp4",
         "session_old.json.bak",
     }
-    assert {k: (t.files, t.bytes) for k, t in result.removed.items()} == {
-        "sessions": (1, 5),
-        "temp_audio": (1, 7),
-        "final_videos": (1, 1),
+    assert {k: (t.files, t.bytes, t.apparent) for k, t in result.removed.items()} == {
+        "sessions": (1, block, 5),
+        "temp_audio": (1, block, 7),
+        "final_videos": (1, block, 1),
     }
     assert result.errors == 0
     usage = result.directories[str(tree.uploads)]
@@ -52,12 +53,13 @@ def test_removes_only_expired_matching_files(tree: Tree) -> None:
 
 
 def test_summary_line_in_the_seed_spirit(tree: Tree) -> None:
-    tree.file("session_a.json", age=2 * DAY)
+    path = tree.file("session_a.json", age=2 * DAY, data=b"x" * 1500)
+    freed = format_bytes(os.stat(path).st_blocks * 512)
     result = _sweep(tree)
     assert result.summary().startswith(
         "cleanup done: 1 files removed (sessions: 1, temp_audio: 0, final_videos: 0, errors: 0)"
     )
-    assert result.summary().endswith("1 B freed")
+    assert result.summary().endswith(f"), {freed} freed")
     assert format_bytes(1_200_000_000) == "1.2 GB"
 
 
