@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from cleaner import config as limpeza_config
 from exporter import webconfig
 from exporter.collector import LimpezaCollector
-from exporter.http import ExporterServer
+from exporter.http import ExporterServer, Limits
 from exporter.reload import ReloadStatus
 
 log = logging.getLogger("limpeza.exporter")
@@ -65,6 +66,15 @@ def parser() -> argparse.ArgumentParser:
         "(default: exporter.web_config_file of the config; none: plain HTTP)",
     )
     p.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        type=_positive_int,
+        default=Limits.max_connections,
+        metavar="N",
+        help="connections served at once; more wait in the listen backlog "
+        f"(default: {Limits.max_connections}, lowered to fit the open files limit)",
+    )
+    p.add_argument(
         "--log.level",
         dest="log_level",
         choices=LOG_LEVELS,
@@ -72,6 +82,29 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"limpeza-exporter {version()}")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+#: File descriptors kept for everything but client connections: the standard streams, the
+#: listening socket, the database connection and its cancel request, the state file, the
+#: job cache, the web config's certificates, the selector, Python's own.
+FD_RESERVE = 32
+
+
+def fitting_connections(wanted: int, nofile: int) -> int:
+    """How many connections fit under a soft RLIMIT_NOFILE of ``nofile`` (at least 1)."""
+    if nofile == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, nofile - FD_RESERVE))
 
 
 def _setup_logging(level: str) -> None:
@@ -110,6 +143,17 @@ def run(argv: Sequence[str] | None, env: Mapping[str, str]) -> int:
             print(exc, file=sys.stderr)
             return 2
 
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    max_connections = fitting_connections(args.max_connections, nofile)
+    if max_connections < args.max_connections:
+        log.warning(
+            "the open files limit is %d: serving at most %d connections at once, not %d "
+            "(raise LimitNOFILE= or lower --web.max-connections)",
+            nofile,
+            max_connections,
+            args.max_connections,
+        )
+
     # Signals are taken synchronously by the main thread (sigwait); every thread the server
     # starts inherits the mask, so no handler ever runs in the middle of a scrape.
     handled = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -121,7 +165,13 @@ def run(argv: Sequence[str] | None, env: Mapping[str, str]) -> int:
     registry.register(collector)
     registry.register(reloads)
     try:
-        server = ExporterServer(address, registry, web, version=version())
+        server = ExporterServer(
+            address,
+            registry,
+            web,
+            version=version(),
+            limits=Limits(max_connections=max_connections),
+        )
     except OSError as exc:
         log.error("cannot listen on %s: %s", address_text, exc.strerror or exc)
         collector.close()

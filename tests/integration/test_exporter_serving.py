@@ -3,12 +3,19 @@ deadlines and bounds against hostile or unlucky clients."""
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import os
+import resource
 import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
 import bcrypt
 import pytest
+import requests
 import yaml
 
 from devtools.limpeza import ExporterProcess
@@ -91,4 +98,166 @@ def test_a_refused_reload_shows_in_the_metrics(
     reloaded_at = sample(text, stamp)
     assert reloaded_at is not None and reloaded_at > loaded_at
     assert sample(text, 'limpeza_rule_max_age_seconds{rule="sessions"}') == 43200
+    assert exporter.stop() == 0
+
+
+# --------------------------------------------------------------------------- compression
+
+
+def _raw_get(exporter: ExporterProcess, accept_encoding: str) -> requests.Response:
+    response = requests.get(
+        exporter.url(), headers={"Accept-Encoding": accept_encoding}, stream=True, timeout=15
+    )
+    response.raw.decode_content = False
+    return response
+
+
+def test_gzip_when_the_client_asks_for_it(start_exporter: StartExporter, tmp_path: Path) -> None:
+    site = write_site(tmp_path)
+    exporter = start_exporter(site.config)
+    plain = _raw_get(exporter, "identity")
+    assert "Content-Encoding" not in plain.headers
+    assert b"limpeza_state_up" in plain.raw.read()
+    for header in ("gzip", "deflate, gzip;q=0.5", "GZIP"):
+        zipped = _raw_get(exporter, header)
+        assert zipped.headers.get("Content-Encoding") == "gzip", header
+        body = zipped.raw.read()
+        assert int(zipped.headers["Content-Length"]) == len(body)
+        assert b"limpeza_state_up" in gzip.decompress(body), header
+    assert "Content-Encoding" not in _raw_get(exporter, "gzip;q=0").headers
+    assert exporter.stop() == 0
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+def _closed_by_peer(sock: socket.socket, wait: float) -> bool:
+    """Waits up to ``wait`` seconds for the peer to close (EOF or reset)."""
+    sock.settimeout(wait)
+    try:
+        return sock.recv(1024) == b""
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def test_a_client_trickling_its_headers_is_cut_off(
+    start_exporter: StartExporter, tmp_path: Path
+) -> None:
+    """One byte every 2 s never trips a per-read timeout; the 10 s header deadline cuts it."""
+    site = write_site(tmp_path)
+    exporter = start_exporter(site.config)
+    request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 100
+    with socket.create_connection(("127.0.0.1", exporter.port), timeout=5) as slow:
+        started = time.monotonic()
+        closed = False
+        for byte in request:
+            try:
+                slow.sendall(bytes([byte]))
+            except ConnectionError:
+                closed = True
+            if closed or _closed_by_peer(slow, 2.0):
+                closed = True
+                break
+            assert exporter.get(timeout=5).status_code == 200  # the others are served
+            if time.monotonic() - started > 25:
+                break
+        elapsed = time.monotonic() - started
+    assert closed, f"a client trickling its headers still connected after {elapsed:.0f}s"
+    assert 9 <= elapsed <= 14, elapsed
+    assert exporter.stop() == 0
+
+
+def _sockets_of(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def test_connections_are_bounded_and_idle_ones_make_room(
+    start_exporter: StartExporter, tmp_path: Path
+) -> None:
+    site = write_site(tmp_path)
+    exporter = start_exporter(site.config, args=["--web.max-connections", "4"])
+    pid = exporter.process.pid
+    baseline = _sockets_of(pid)
+    with contextlib.ExitStack() as stack:
+        # Kept-alive clients that scraped once and stay idle hold every slot: a new scraper
+        # takes the slot of the one idle the longest, it does not wait for the idle timeout.
+        for _ in range(4):
+            session = stack.enter_context(requests.Session())
+            assert session.get(exporter.url(), timeout=5).status_code == 200
+        started = time.monotonic()
+        assert exporter.get(timeout=30).status_code == 200
+        assert time.monotonic() - started < 2
+        # Clients that connect and send nothing are served at most 4 at a time; the rest
+        # wait in the listen backlog.
+        silent = [
+            stack.enter_context(socket.create_connection(("127.0.0.1", exporter.port)))
+            for _ in range(12)
+        ]
+        time.sleep(1.0)
+        served = _sockets_of(pid) - baseline
+        assert served <= 4, f"{served} connections served at once, the limit is 4"
+        assert len(silent) == 12
+    # Gone, they free their slots at once.
+    started = time.monotonic()
+    assert exporter.get(timeout=30).status_code == 200
+    assert time.monotonic() - started < 5
+    assert exporter.stop() == 0
+
+
+def test_the_listen_backlog_takes_a_burst_of_scrapers(
+    start_exporter: StartExporter, tmp_path: Path
+) -> None:
+    site = write_site(tmp_path)
+    exporter = start_exporter(site.config)
+    listening = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{exporter.port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    # LISTEN, Recv-Q, Send-Q (the backlog for a listening socket), local, peer.
+    assert listening[0] == "LISTEN", listening
+    assert int(listening[2]) >= 128, f"listen backlog {listening[2]}"
+    assert exporter.stop() == 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_file_descriptors_the_accept_loop_backs_off(
+    start_exporter: StartExporter, tmp_path: Path
+) -> None:
+    site = write_site(tmp_path)
+    exporter = start_exporter(site.config)
+    pid = exporter.process.pid
+    assert exporter.get().status_code == 200
+    in_use = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+    hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 4, hard))
+    with contextlib.ExitStack() as stack:
+        clients = [
+            stack.enter_context(socket.create_connection(("127.0.0.1", exporter.port)))
+            for _ in range(20)
+        ]
+        time.sleep(1.0)  # 4 accepted, then EMFILE with 16 clients waiting
+        before = _cpu_seconds(pid)
+        time.sleep(3.0)
+        spent = _cpu_seconds(pid) - before
+        assert spent < 0.3, f"the exporter used {spent:.2f} CPU-s in 3 s out of descriptors"
+        assert "cannot accept connections: Too many open files" in exporter.log()
+        assert len(clients) == 20
+    # The clients are gone: their descriptors come back and scrapes are served again.
+    deadline = time.monotonic() + 15
+    while not exporter.answers("/metrics", timeout=5):
+        assert time.monotonic() < deadline, exporter.log_tail()
+        time.sleep(0.2)
+    log = exporter.log()
+    assert log.count("cannot accept connections") == 1, log
+    assert "accepting connections again" in log
     assert exporter.stop() == 0
