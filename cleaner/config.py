@@ -101,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 DATABASE_DEFAULTS: dict[str, Any] = {
+    "name": None,
     "table": "jobs",
     "id_column": "id",
     "status_column": "status",
@@ -334,6 +335,30 @@ def _cache_timezone(reader: Reader, raw: object) -> str:
     return name
 
 
+#: A table name is a Prometheus label value: printable, short.
+_NAME_RE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,126}[\x21-\x7e])?")
+
+
+def _table_name(reader: Reader, raw: object, dsn: str | None, table: str) -> str:
+    """``jobs.database.name``, else where the DSN points and the table: never a credential.
+
+    Every exporter reading one table must give the same name, so that the alerts and the
+    dashboard count it once; set it when the hosts reach the database by different DSNs
+    (a local pooler on one, the server on another).
+    """
+    if raw is None:
+        where = dsn_mod.location(dsn)
+        return f"{where}/{table}" if where else table
+    name = reader.string(raw, "jobs.database.name")
+    if name and not _NAME_RE.fullmatch(name):
+        reader.fail(
+            "jobs.database.name",
+            f"expected 1 to 128 printable ASCII characters, not starting or ending with a "
+            f"space, got {show(name)}",
+        )
+    return name
+
+
 def _database(reader: Reader, raw: object, env: Mapping[str, str]) -> DatabaseConfig:
     given = reader.mapping(raw, "jobs.database", DATABASE_DEFAULTS.keys())
     section = {**DATABASE_DEFAULTS, **given}
@@ -352,8 +377,10 @@ def _database(reader: Reader, raw: object, env: Mapping[str, str]) -> DatabaseCo
     dsn_problem = dsn_mod.problem(dsn) if dsn else None
     if dsn_problem:
         reader.fail(DSN_VARIABLE, dsn_problem)
+    table = reader.identifier(section["table"], f"{p}.table", qualified=True)
     return DatabaseConfig(
-        table=reader.identifier(section["table"], f"{p}.table", qualified=True),
+        name=_table_name(reader, section["name"], dsn, table),
+        table=table,
         id_column=reader.identifier(section["id_column"], f"{p}.id_column"),
         status_column=reader.identifier(section["status_column"], f"{p}.status_column"),
         timestamp_columns=_timestamp_columns(reader, given, p),

@@ -61,6 +61,9 @@ class DatabaseConfig:
     timestamp_timezone: str = "UTC"
     #: From $LIMPEZA_DATABASE_URL only; never from the YAML file.
     dsn: str | None = field(default=None, repr=False)
+    #: The table's identity across hosts (the ``table`` label of the job metrics):
+    #: ``jobs.database.name``, else ``host:port/dbname/table`` from the DSN, never a secret.
+    name: str = ""
 
     @property
     def table_parts(self) -> tuple[str, ...]:

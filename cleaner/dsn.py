@@ -533,3 +533,24 @@ def _mask_spans(text: str, spans: list[range]) -> str:
     for span in sorted(spans, key=lambda r: r.start, reverse=True):
         text = text[: span.start] + MASK + text[span.stop :]
     return text
+
+
+def location(dsn: str | None) -> str:
+    """Where a DSN points, without any credential: ``host:port/dbname``.
+
+    The host is ``host`` (or ``hostaddr``) as written, a socket directory included; the
+    port is 5432 when not given; the database is empty when not given (libpq would take the
+    user name, which is left out). An absent or malformed DSN gives ``""``. Never the user,
+    the password or any other parameter.
+    """
+    if not dsn:
+        return ""
+    try:
+        params = parse(dsn).params
+    except DsnError:
+        return ""
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    if ":" in host and not host.startswith("/") and "," not in host:
+        host = f"[{host}]"  # an IPv6 address, told apart from the port
+    port = params.get("port") or "5432"
+    return f"{host}:{port}/{params.get('dbname', '')}"

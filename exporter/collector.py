@@ -96,6 +96,12 @@ class LimpezaCollector(Collector):
 
 
 def _config_metrics(config: Config) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "limpeza_sweep_interval_seconds",
+        "Seconds between two sweeps of the cleaner (interval in the config); "
+        "LimpezaSweepOverdue counts the time since the last success in these.",
+        value=config.interval,
+    )
     stale_after = GaugeMetricFamily(
         "limpeza_jobs_stale_after_seconds",
         "Age past which an active job counts as stale (jobs.stale_after in the config).",

@@ -5,6 +5,12 @@ the same kept connection class the reaper uses. A database that is down or slow 
 ``limpeza_database_up 0`` and no job counts; so does a cache that cannot be read
 (``limpeza_cache_up 0``). Each fault is logged once when it starts and once when it ends.
 Statuses outside the configured ones are counted as ``other`` (``exporter.statuses``).
+
+Jobs counted in the table describe the database every host shares, not this host: their
+series carry ``table`` (``jobs.database.name``, by default ``host:port/dbname/table``, never
+a credential), the same on every exporter of that table, so the alert rules and the
+dashboard take one value per table however many exporters count it. Jobs counted in a
+host's own JSON cache carry no ``table``: they are that instance's.
 """
 
 from __future__ import annotations
@@ -142,14 +148,19 @@ def job_metrics(
 ) -> Iterator[Metric]:
     """The source's up gauge and, when it could be counted, the jobs per status."""
     jobs: JobsNow | None = None
+    names: list[str] = []
+    values: list[str] = []
     if database is not None:
+        names, values = ["table"], [database.db.name]
         jobs, problem = database.count()
         faults.report("database", problem)
-        yield _gauge(
+        up = GaugeMetricFamily(
             "limpeza_database_up",
             "1 when the job count query on the jobs table succeeded in this scrape.",
-            1 if jobs is not None else 0,
+            labels=names,
         )
+        up.add_metric(values, 1 if jobs is not None else 0)
+        yield up
     elif config.jobs.cache_file is not None:
         try:
             records = read_cache(config.jobs.cache_file, lock_wait=1.0)
@@ -178,30 +189,32 @@ def job_metrics(
     by_status = GaugeMetricFamily(
         "limpeza_jobs",
         per_status + " Statuses other than the configured ones are counted as other.",
-        labels=["status"],
+        labels=[*names, "status"],
     )
     for status, number in sorted(fold(counts.by_status, known_statuses(config)).items()):
-        by_status.add_metric([status], number)
+        by_status.add_metric([*values, status], number)
     yield by_status
-    yield _gauge(
+    active = GaugeMetricFamily(
         "limpeza_jobs_active",
         f"Jobs in an active status (queued, running) now, counted in {where}.",
-        counts.active,
+        labels=names,
     )
+    active.add_metric(values, counts.active)
+    yield active
     stale = GaugeMetricFamily(
         "limpeza_jobs_stale",
         f"Active jobs older than their jobs.stale_after threshold now, counted in {where}.",
-        labels=["status"],
+        labels=[*names, "status"],
     )
     for status, number in sorted(counts.stale.items()):
-        stale.add_metric([status], number)
+        stale.add_metric([*values, status], number)
     yield stale
     oldest = GaugeMetricFamily(
         "limpeza_jobs_oldest_age_seconds",
         "Seconds since the oldest job in each active status last showed life (its "
         f"timestamp), in {where} now; 0 when the status has no job.",
-        labels=["status"],
+        labels=[*names, "status"],
     )
     for status in sorted(counts.stale):
-        oldest.add_metric([status], jobs.oldest.get(status, 0.0))
+        oldest.add_metric([*values, status], jobs.oldest.get(status, 0.0))
     yield oldest

@@ -42,9 +42,14 @@ def shown(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
 
 
-def rules() -> list[dict[str, Any]]:
+def all_rules() -> list[dict[str, Any]]:
     document = yaml.safe_load(RULES.read_text(encoding="utf-8"))
     return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def rules() -> list[dict[str, Any]]:
+    """The alerting rules (the recording rules they use left out)."""
+    return [rule for rule in all_rules() if "alert" in rule]
 
 
 def alert_names() -> list[str]:
@@ -85,7 +90,7 @@ def runbook_sections() -> dict[str, str]:
 def test_promtool_checks_the_rules_file() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, shown(result)
-    assert f"SUCCESS: {len(rules())} rules found" in result.stdout, shown(result)
+    assert f"SUCCESS: {len(all_rules())} rules found" in result.stdout, shown(result)
 
 
 def test_there_are_unit_test_files() -> None:
@@ -123,6 +128,9 @@ def test_every_case_has_a_name() -> None:
             assert case.get("name"), f"{path.name}: a case without a name: {case}"
 
 
+ACTIVE = "table:limpeza_jobs_active:max"
+
+
 def mutate(tmp_path: Path, old: str, new: str) -> Path:
     """A copy of alerts/ whose rules file has ``old`` replaced by ``new`` (exactly once)."""
     copy = tmp_path / "alerts"
@@ -136,16 +144,22 @@ def mutate(tmp_path: Path, old: str, new: str) -> Path:
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        ("expr: limpeza_jobs_active > 5", "expr: limpeza_jobs_active >= 5"),
-        ("expr: limpeza_jobs_active > 5\n        for: 1m", "expr: limpeza_jobs_active > 5"),
+        (f"expr: {ACTIVE} > 5", f"expr: {ACTIVE} >= 5"),
+        (f"expr: {ACTIVE} > 5\n        for: 1m", f"expr: {ACTIVE} > 5"),
         (
-            "expr: limpeza_jobs_active > 5\n        for: 1m\n        labels:\n"
-            "          severity: critical",
-            "expr: limpeza_jobs_active > 5\n        for: 1m\n        labels:\n"
-            "          severity: warning",
+            f"expr: {ACTIVE} > 5\n        for: 1m\n        labels:\n          severity: critical",
+            f"expr: {ACTIVE} > 5\n        for: 1m\n        labels:\n          severity: warning",
+        ),
+        (
+            'expr: max by (job, table) (limpeza_jobs_active{table!=""})',
+            'expr: sum by (job, table) (limpeza_jobs_active{table!=""})',
+        ),
+        (
+            'expr: max by (job, table) (limpeza_jobs_active{table!=""})',
+            'expr: max by (job, table, instance) (limpeza_jobs_active{table!=""})',
         ),
     ],
-    ids=["threshold-includes-5", "no-for", "not-critical"],
+    ids=["threshold-includes-5", "no-for", "not-critical", "sum-over-exporters", "per-instance"],
 )
 def test_unit_tests_catch_a_changed_paging_rule(tmp_path: Path, old: str, new: str) -> None:
     copy = mutate(tmp_path, old, new)
@@ -155,6 +169,15 @@ def test_unit_tests_catch_a_changed_paging_rule(tmp_path: Path, old: str, new: s
 
 
 # --------------------------------------------------------------------------- conventions
+
+
+def test_recording_rules_come_before_the_alerts_that_use_them() -> None:
+    names = [rule.get("record") or rule["alert"] for rule in all_rules()]
+    records = [name for name in names if ":" in name]
+    assert records and names[: len(records)] == records, names
+    for rule in rules():
+        for record in re.findall(r"\b\w+:\w+:\w+\b", rule["expr"]):
+            assert record in records, f"{rule['alert']} uses {record}, which no rule records"
 
 
 def test_one_group() -> None:
@@ -173,7 +196,8 @@ def test_alert_follows_the_conventions(rule: dict[str, Any]) -> None:
     description = annotations["description"]
     assert "$value" in description, description
     if not rule["expr"].startswith("absent("):
-        assert "$labels.instance" in description, description
+        # Per-host alerts name the instance, alerts about a shared jobs table the table.
+        assert "$labels.instance" in description or "$labels.table" in description, description
     assert annotations["runbook_url"] == f"{RUNBOOK_BASE}#{name.lower()}", annotations
     assert rule.get("for"), f"{name} has no for: a single bad scrape would notify"
 
@@ -185,7 +209,7 @@ def test_rules_are_unique_by_name_and_severity() -> None:
 
 def test_jobs_active_high_pages_above_five_for_a_minute() -> None:
     (rule,) = [r for r in rules() if r["alert"] == "LimpezaJobsActiveHigh"]
-    assert rule["expr"] == "limpeza_jobs_active > 5"
+    assert rule["expr"] == f"{ACTIVE} > 5"
     assert rule["for"] == "1m"
     assert rule["labels"]["severity"] == "critical"
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from cleaner.dsn import location
 from tests.fixtures.alertmanager import (
     AlertmanagerFactory,
     Notification,
@@ -45,7 +46,7 @@ def rules_with_short_for(directory: Path) -> Path:
     byte for byte the file that is deployed.
     """
     text = RULES.read_text(encoding="utf-8")
-    old = f"- alert: {ALERT}\n        expr: limpeza_jobs_active > 5\n        for: 1m\n"
+    old = f"- alert: {ALERT}\n        expr: table:limpeza_jobs_active:max > 5\n        for: 1m\n"
     assert text.count(old) == 1, f"{RULES} no longer has the expected {ALERT} rule"
     copy = directory / "limpeza.rules.yml"
     copy.write_text(text.replace(old, old.replace("for: 1m", f"for: {SHORT_FOR}")), "utf-8")
@@ -120,15 +121,16 @@ def test_six_running_jobs_page_and_force_clean_resolves(
         lambda n: is_page(n, "firing"), PAGE_TIMEOUT, what=f"{ALERT} page"
     )
     alert = the_alert(page)
+    table = f"{location(jobs_db.dsn)}/jobs"
     assert page.receiver == "pager"
     assert alert["labels"] == {
         "alertname": ALERT,
         "severity": "critical",
-        "instance": exporter.address,
+        "table": table,
         "job": "limpeza",
     }
     assert alert["annotations"]["description"] == (
-        f"{exporter.address} reports 6 active jobs, above the paging threshold."
+        f"Table {table} reports 6 active jobs, above the paging threshold."
     )
     assert alert["annotations"]["runbook_url"].endswith("runbook.md#limpezajobsactivehigh")
     # Automatic force-clean is off: the running cleaner left the jobs alone.
@@ -152,7 +154,7 @@ def test_six_running_jobs_page_and_force_clean_resolves(
         what=f"resolved {ALERT} notification\n{diagnostics(cleaner, exporter, prom)}",
     )
     assert resolved.receiver == "pager"
-    assert the_alert(resolved)["labels"]["instance"] == exporter.address
+    assert the_alert(resolved)["labels"]["table"] == table
     assert prom.value("limpeza_jobs_active") == 0
     assert prom.value("sum(limpeza_force_cleans_total)") == 1
 

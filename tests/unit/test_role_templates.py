@@ -47,24 +47,70 @@ def _render(role: str, template: str, dest: Path, *var_files: Path) -> str:
     return dest.read_text(encoding="utf-8")
 
 
+def _alert_rules(tmp_path: Path, *var_files: Path) -> str:
+    """The limpeza_alerts template rendered as the role renders it (its vars, its role_path)."""
+    role = REPO / "roles" / "limpeza_alerts"
+    role_path = tmp_path / "role_path.yml"
+    role_path.write_text(f"role_path: {role}\n", encoding="utf-8")
+    return _render(
+        "limpeza_alerts",
+        "limpeza.rules.yml.j2",
+        tmp_path / "rules.yml",
+        role / "vars" / "main.yml",
+        role_path,
+        *var_files,
+    )
+
+
 def test_alert_rules_template_with_defaults_is_the_committed_rule_file(tmp_path: Path) -> None:
-    rendered = _render("limpeza_alerts", "limpeza.rules.yml.j2", tmp_path / "rules.yml")
+    rendered = _alert_rules(tmp_path)
     committed = yaml.safe_load((REPO / "alerts" / "limpeza.rules.yml").read_text())
     assert yaml.safe_load(rendered) == committed
+
+
+def test_the_role_holds_no_copy_of_the_rules() -> None:
+    role = REPO / "roles" / "limpeza_alerts"
+    template = (role / "templates" / "limpeza.rules.yml.j2").read_text()
+    assert "alert:" not in template and "expr:" not in template
+    assert not list(role.rglob("*.rules.yml"))
+
+
+def test_every_tunable_alert_of_the_rule_file_has_its_variables() -> None:
+    role = REPO / "roles" / "limpeza_alerts"
+    tuning = yaml.safe_load((role / "vars" / "main.yml").read_text())["_limpeza_alerts_tuning"]
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    rules = yaml.safe_load((REPO / "alerts" / "limpeza.rules.yml").read_text())["groups"][0]
+    alerts = {f"{r['alert']}/{r['labels']['severity']}" for r in rules["rules"] if "alert" in r}
+    assert set(tuning) <= alerts, set(tuning) - alerts
+    for key, tune in tuning.items():
+        for value in tune.values():
+            variable = value.strip("{} ")
+            assert variable in defaults, f"{key}: {variable} has no default"
 
 
 def test_alert_rules_template_takes_the_thresholds(tmp_path: Path) -> None:
     overrides = tmp_path / "vars.yml"
     overrides.write_text(
         "limpeza_alerts_jobs_active_threshold: 9\nlimpeza_alerts_jobs_active_for: 3m\n"
-        "limpeza_alerts_exporter_job: cleaner\n"
+        "limpeza_alerts_exporter_job: cleaner\nlimpeza_alerts_sweep_overdue_intervals: 20\n"
+        "limpeza_alerts_filesystem_filling_percent: 30\n"
+        "limpeza_alerts_runbook_url: https://wiki.example.org/limpeza\n"
     )
-    rendered = _render("limpeza_alerts", "limpeza.rules.yml.j2", tmp_path / "r.yml", overrides)
-    rules = {rule["alert"]: rule for rule in yaml.safe_load(rendered)["groups"][0]["rules"]}
-    assert rules["LimpezaJobsActiveHigh"]["expr"] == "limpeza_jobs_active > 9"
+    rendered = _alert_rules(tmp_path, overrides)
+    rules = {
+        rule["alert"]: rule
+        for rule in yaml.safe_load(rendered)["groups"][0]["rules"]
+        if "alert" in rule
+    }
+    assert rules["LimpezaJobsActiveHigh"]["expr"] == "table:limpeza_jobs_active:max > 9"
     assert rules["LimpezaJobsActiveHigh"]["for"] == "3m"
     assert rules["LimpezaExporterDown"]["expr"] == 'up{job="cleaner"} == 0'
-    assert "{{ $labels.instance }}" in rules["LimpezaJobsActiveHigh"]["annotations"]["description"]
+    assert rules["LimpezaSweepOverdue"]["expr"] == "instance:limpeza_sweep_age:intervals > 20"
+    assert rules["LimpezaFilesystemFillingUp"]["expr"].endswith(" < 0) < 30")
+    assert rules["LimpezaApiDown"]["annotations"]["runbook_url"] == (
+        "https://wiki.example.org/limpeza#limpezaapidown"
+    )
+    assert "{{ $labels.instance }}" in rules["LimpezaSweepOverdue"]["annotations"]["description"]
 
 
 def _role_files(role: str) -> list[Path]:
