@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -253,3 +254,17 @@ def test_systemd_analyze_security_rates_ok_or_better(target: Target, unit: str) 
     score, rating = float(match.group(1)), match.group(2)
     print(f"{target.name} {unit}: exposure {score} {rating}")
     assert rating in ("SAFE", "OK"), f"{unit}: {score} {rating}\n{result.stdout}"
+
+
+def test_exporter_unit_bounds_its_open_files(host: Any) -> None:
+    """The unit's LimitNOFILE reaches the process: soft and hard, as the template says."""
+    template = (
+        Path(__file__).resolve().parents[2]
+        / "roles/limpeza_exporter/templates/limpeza-exporter.service.j2"
+    ).read_text(encoding="utf-8")
+    [limit] = re.findall(r"^LimitNOFILE=(\d+)$", template, re.M)
+    properties = host.service("limpeza-exporter.service").systemd_properties
+    assert (properties["LimitNOFILE"], properties["LimitNOFILESoft"]) == (limit, limit)
+    pid = properties["MainPID"]
+    limits = host.run(f"cat /proc/{pid}/limits").stdout
+    assert re.search(rf"^Max open files\s+{limit}\s+{limit}\s", limits, re.M), limits
