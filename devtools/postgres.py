@@ -204,6 +204,10 @@ class PostgresServer:
         secret = f":{password}" if password else ""
         return f"postgresql://{user}{secret}@127.0.0.1:{self.port}/{dbname}"
 
+    def pid(self) -> int:
+        """The postmaster's process id (from ``postmaster.pid``)."""
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+
     def connect(self, dbname: str = "postgres") -> psycopg2.extensions.connection:
         conn = psycopg2.connect(self.dsn(dbname), connect_timeout=10)
         conn.autocommit = True

@@ -1,4 +1,8 @@
-"""What every program these tools start needs: a free loopback port, a log, a clean stop."""
+"""What every program these tools start needs: a free loopback port, a log, a clean stop.
+
+``frozen(pid)`` stops a program and its descendants (SIGSTOP) for a while, the way a hung
+server or a dead network path looks to its clients, and always lets them go on after.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
@@ -45,6 +49,41 @@ def terminate(process: subprocess.Popen[Any], timeout: float = 20) -> bool:
         process.wait(timeout=10)
         return False
     return True
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@contextlib.contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """SIGSTOP on ``pid`` first (a stopped PostgreSQL postmaster forks no new backend), then
+    on all its descendants (the backends); SIGCONT on every one of them afterwards,
+    whatever happens.
+
+    A stopped process's kernel still completes TCP handshakes and acknowledges data, so
+    its clients see a server that accepts and never answers.
+    """
+    stopped: list[int] = []
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+        pending = _children(pid)
+        while pending:
+            child = pending.pop()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGSTOP)
+                stopped.append(child)
+                pending += _children(child)
+        yield
+    finally:
+        for stopped_pid in reversed(stopped):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped_pid, signal.SIGCONT)
 
 
 def minimal_env(home: Path) -> dict[str, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -86,9 +87,13 @@ def cache_oldest_ages(
 class DatabaseProbe:
     """Counts jobs in PostgreSQL over one connection kept across scrapes.
 
-    Scrapes that overlap take turns; one that cannot get its turn in time reports the
-    database down rather than wait past the scrape timeout. After a failure the next
-    scrape connects again (no backoff: a scrape is the exporter's only chance to look).
+    A scrape waits for the database ``timeout`` seconds at most, its turn included: the
+    count runs in a thread of its own, and a scrape that has no answer in time reports the
+    database down while the count ends by itself (the connection's client-side deadlines
+    bound it; a frozen server or pooler costs a statement ``timeout`` plus two seconds, a
+    new connection ``connect_timeout``). Until it has, the next scrapes wait for their
+    turn only what is left of their own ``timeout``. After a failure the next scrape
+    connects again (no backoff: a scrape is the exporter's only chance to look).
     """
 
     def __init__(self, db: DatabaseConfig, stale_after: dict[str, float], timeout: float) -> None:
@@ -105,9 +110,35 @@ class DatabaseProbe:
         self._lock = threading.Lock()
 
     def count(self) -> tuple[JobsNow | None, str | None]:
-        """(jobs, None) or (None, why the database could not be counted)."""
-        if not self._lock.acquire(timeout=self.timeout + self.db.connect_timeout):
-            return None, "another scrape is still waiting for the database"
+        """(jobs, None) or (None, why the database could not be counted), within ``timeout``."""
+        deadline = time.monotonic() + self.timeout
+        if not self._lock.acquire(timeout=self.timeout):
+            return None, "an earlier count is still waiting for the database"
+        outcome: list[tuple[JobsNow | None, str | None]] = []
+        worker = threading.Thread(
+            target=self._count_then_release,
+            args=(outcome,),
+            name="limpeza-exporter-count",
+            daemon=True,
+        )
+        try:
+            worker.start()
+        except BaseException:
+            self._lock.release()
+            raise
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if not outcome:
+            return None, f"no answer within {self.timeout:g}s"
+        return outcome[0]
+
+    def _count_then_release(self, outcome: list[tuple[JobsNow | None, str | None]]) -> None:
+        """The count on the kept connection, in the worker; the lock is held until it ends."""
+        try:
+            outcome.append(self._count())
+        finally:
+            self._lock.release()
+
+    def _count(self) -> tuple[JobsNow | None, str | None]:
         try:
             counts = self._kept.run(
                 lambda c: JobsNow(
@@ -122,8 +153,6 @@ class DatabaseProbe:
             return None, str(exc)
         except DatabaseDownError as exc:
             return None, str(exc)
-        finally:
-            self._lock.release()
         return counts, None
 
     def close(self) -> None:

@@ -9,7 +9,6 @@ cannot fire: only the client-side deadlines can. Every test thaws what it froze 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from cleaner.state import read_state
 from devtools.limpeza import CleanerProcess, LimpezaProcesses
 from devtools.postgres import JobsDatabase, PostgresServer, cluster, create_test_role
 from devtools.postgres import fresh_jobs_database as _fresh
+from devtools.process import frozen
 from tests.fixtures.pgbouncer import PgBouncer
 from tests.fixtures.processes import required
 
@@ -36,40 +36,6 @@ CONNECT_TIMEOUT = 2.0
 #: What a frozen server may cost one call at most, with a generous margin for a busy host.
 CALL_BOUND = statement_deadline(STATEMENT_TIMEOUT) + CANCEL_GRACE + 5.0
 DATABASE = {"statement_timeout": f"{STATEMENT_TIMEOUT:g}s", "connect_timeout": "2s"}
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-@contextlib.contextmanager
-def frozen(pid: int) -> Iterator[None]:
-    """SIGSTOP on ``pid`` first (a stopped postmaster forks no new backend), then on all its
-    descendants (the backends); SIGCONT on every one of them afterwards, whatever happens."""
-    stopped: list[int] = []
-    try:
-        os.kill(pid, signal.SIGSTOP)
-        stopped.append(pid)
-        pending = _children(pid)
-        while pending:
-            child = pending.pop()
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGSTOP)
-                stopped.append(child)
-                pending += _children(child)
-        yield
-    finally:
-        for stopped_pid in reversed(stopped):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(stopped_pid, signal.SIGCONT)
-
-
-def postmaster_pid(server: PostgresServer) -> int:
-    return int((server.data_dir / "postmaster.pid").read_text().split()[0])
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +70,7 @@ def test_kept_connection_returns_within_the_deadline_on_a_frozen_server(
     kept = KeptConnection(db, application_name="limpeza-test", max_backoff=0.0)
     try:
         kept.run(lambda conn: conn.cursor().execute("SELECT 1"))  # a kept, open connection
-        with frozen(postmaster_pid(own_server)):
+        with frozen(own_server.pid()):
             # The statement on the kept connection: cancelled, then cut off.
             error = _raises_down_within(kept, CALL_BOUND)
             assert error.attempted and "no answer within" in str(error)
@@ -201,7 +167,7 @@ def test_daemon_keeps_sweeping_while_postgres_is_frozen(
     own_server: PostgresServer, own_db: JobsDatabase, limpeza_processes: LimpezaProcesses
 ) -> None:
     config = _daemon_config(limpeza_processes, own_db)
-    _freeze_scenario(limpeza_processes, own_db, config, lambda: postmaster_pid(own_server))
+    _freeze_scenario(limpeza_processes, own_db, config, lambda: own_server.pid())
 
 
 def test_daemon_keeps_sweeping_while_pgbouncer_is_frozen(
