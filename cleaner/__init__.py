@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from cleaner.config import Config
-    from cleaner.files import SweepResult
+    from cleaner.sweep_result import SweepResult
 
 __all__ = ["__version__", "purge_session"]
 

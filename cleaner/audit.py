@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from cleaner.files import Removal
+from cleaner.sweep_result import Removal
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from cleaner import config as config_mod
 from cleaner.audit import AuditLog
 from cleaner.config import Config, ConfigError
 from cleaner.daemon import Daemon, apply_cycle, apply_force_clean, apply_jobs, apply_sweep
-from cleaner.files import Removal, SweepResult, sweep
+from cleaner.files import sweep
 from cleaner.jobs.reaper import CycleReport, JobReaper
 from cleaner.jobs.status import jobs_status
 from cleaner.report import (
@@ -36,6 +36,7 @@ from cleaner.report import (
 from cleaner.sessions import purge_and_record, validate_session_id
 from cleaner.state import State, read_state, record
 from cleaner.survey import survey
+from cleaner.sweep_result import Removal, SweepResult
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 
@@ -314,7 +315,7 @@ def _cmd_force_clean(
     if args.json:
         print(json.dumps(report.to_dict(), indent=1, sort_keys=True, ensure_ascii=True))
     else:
-        for line in format_force_clean(report, config.jobs):
+        for line in format_force_clean(report.to_dict(), config.jobs):
             print(line)
     return EXIT_ERRORS if report.errors.messages else EXIT_OK
 

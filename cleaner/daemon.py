@@ -26,12 +26,13 @@ from cleaner import config as config_mod
 from cleaner.audit import AuditLog
 from cleaner.clock import ClockReading, ClockWatch
 from cleaner.config import Config, ConfigError
-from cleaner.files import SweepResult, sweep
+from cleaner.files import sweep
 from cleaner.jobs.force_clean import ForceCleanReport
 from cleaner.jobs.reaper import STATS_EVERY, CycleReport, JobReaper
 from cleaner.memory import SweepMemory
 from cleaner.report import format_duration
 from cleaner.state import ApiHealth, StageErrors, State, StateStore
+from cleaner.sweep_result import SweepResult
 
 log = logging.getLogger(__name__)
 

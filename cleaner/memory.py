@@ -55,8 +55,9 @@ class SweepMemory:
     exact whenever a directory is read; what can lag, by at most ``files.full_read_every``
     (every directory is read again then; 5 minutes by default), is what changes without
     touching the directory's mtime: a file whose mtime is set back (it is removed late,
-    never early) and a file that grows or shrinks in place (its bytes are counted late). A directory where anything was
-    removed, skipped as locked or changed, or failed, is read again next cycle.
+    never early) and a file that grows or shrinks in place (its bytes are counted late). A
+    directory where anything was removed, skipped as locked or changed, or failed, is read
+    again next cycle.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:

@@ -8,14 +8,12 @@ the same way. Nothing here does any work; it only turns results into text.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cleaner.config_reader import UNIT_SECONDS
 
 if TYPE_CHECKING:
     from cleaner.config import JobsConfig
-    from cleaner.files import Removal
-    from cleaner.jobs.force_clean import ForceCleanReport
 
 
 def format_bytes(size: float) -> str:
@@ -111,7 +109,20 @@ class Printable:
 # --------------------------------------------------------------------------- files
 
 
-def format_removal(removal: Removal, dry_run: bool) -> str:
+class RemovedFile(Protocol):
+    """What ``format_removal`` reads of a removal (``cleaner.sweep_result.Removal``)."""
+
+    @property
+    def rule(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def age(self) -> float: ...
+
+
+def format_removal(removal: RemovedFile, dry_run: bool) -> str:
     """One removed (or, in a dry run, removable) file, as ``once`` and ``purge`` print it."""
     verb = "would remove" if dry_run else "removed"
     return (
@@ -148,25 +159,26 @@ def format_files_status(report: Mapping[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- jobs
 
 
-def format_force_clean(report: ForceCleanReport, config: JobsConfig) -> list[str]:
-    """Human lines for a force-clean report: what was (or would be) ended, per source."""
-    would = report.dry_run
+def format_force_clean(report: Mapping[str, Any], config: JobsConfig) -> list[str]:
+    """Human lines for a force-clean report (``ForceCleanReport.to_dict()``): what was (or
+    would be) ended, per source."""
+    would = report["dry_run"]
     lines = [
         f"force-clean{' (dry run)' if would else ''}: "
-        f"{'would end' if would else 'ended'} {report.total} active jobs"
+        f"{'would end' if would else 'ended'} {report['total']} active jobs"
     ]
     db = config.database
     if db is None:
         lines.append("  database: not configured")
-    elif report.database is not None:
+    elif report["database"] is not None:
         verb = f"{'would set' if would else 'set'} {db.error_status!r} on"
-        lines.append(_source_line(f"database {db.table}", report.database, verb, "jobs"))
+        lines.append(_source_line(f"database {db.table}", report["database"], verb, "jobs"))
     if config.cache_file is None:
         lines.append("  cache: not configured")
-    elif report.cache is not None:
+    elif report["cache"] is not None:
         verb = "would remove" if would else "removed"
-        lines.append(_source_line(f"cache {config.cache_file}", report.cache, verb, "entries"))
-    lines.extend(f"  error: {error}" for error in report.errors.messages)
+        lines.append(_source_line(f"cache {config.cache_file}", report["cache"], verb, "entries"))
+    lines.extend(f"  error: {error}" for error in report["errors"])
     return lines
 
 

@@ -24,9 +24,10 @@ from stat import S_ISLNK, S_ISREG
 from cleaner.audit import AuditLog
 from cleaner.config import Config, FilesConfig, Rule
 from cleaner.daemon import apply_sweep
-from cleaner.files import Candidate, Removal, RemovalHook, RuleTally, SweepResult, remove_candidate
+from cleaner.files import Candidate, remove_candidate
 from cleaner.patterns import is_protected, match_rule
 from cleaner.state import SKIP_REASONS, State, record
+from cleaner.sweep_result import Removal, RemovalHook, RuleTally, SweepResult, freed_bytes
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,13 @@ def _purge_one(
     pseudo = Rule(label, name, 0.0, (Path(directory),))
     candidate = Candidate(dir_fd, directory, name, pseudo, st)
     if remove_candidate(candidate, result, dry_run):
+        st = candidate.st  # as it was right before the unlink: its link count then
+        freed = freed_bytes(st)
+        if on_remove is not None:
+            on_remove(
+                Removal(label, candidate.path, st.st_size, now - st.st_mtime, st.st_mtime, freed)
+            )
         tally = result.removed.setdefault(label, RuleTally())
         tally.files += 1
-        tally.bytes += st.st_size
-        if on_remove is not None:
-            on_remove(Removal(label, candidate.path, st.st_size, now - st.st_mtime, st.st_mtime))
+        tally.bytes += freed
+        tally.apparent += st.st_size

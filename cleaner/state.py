@@ -31,7 +31,15 @@ STATE_VERSION = 1
 #: as a whole (a crash of its cycle) and the state file itself (a failed write).
 ERROR_STAGES = ("files", "cache", "database", "health", "jobs", "state")
 #: Why a matching entry was left alone.
-SKIP_REASONS = ("protected", "symlink", "locked", "not_regular", "mount_point", "changed")
+SKIP_REASONS = (
+    "protected",
+    "symlink",
+    "locked",
+    "not_regular",
+    "mount_point",
+    "changed",
+    "too_deep",
+)
 #: Where a reaped job was (the ``source`` label of limpeza_jobs_reaped_total).
 JOB_SOURCES = ("database", "cache")
 

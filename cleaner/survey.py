@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cleaner.config import FilesConfig
-from cleaner.files import SweepResult, Walker, root_identities
+from cleaner.files import Walker, root_identities
 from cleaner.state import DirectoryUsage
+from cleaner.sweep_result import SweepResult
 
 
 @dataclass

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tarfile
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 import cleaner
 
@@ -127,3 +130,46 @@ def test_installed_roles_have_their_argument_specs(
         BIN / "ansible-doc", "-t", "role", "--json", f"{FQCN}.{role}", cwd=directory, env=env
     )
     assert json.loads(out)[f"{FQCN}.{role}"]["entry_points"]["main"]["options"]
+
+
+# --------------------------------------------------------------------------- the artifact
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[_canonical(name)] = version.strip()
+    return pins
+
+
+def test_the_roles_deploy_the_collections_version_by_default() -> None:
+    defaults = yaml.safe_load((REPO / "roles/limpeza/defaults/main.yml").read_text())
+    assert str(defaults["limpeza_version"]) == GALAXY["version"]
+
+
+def test_the_lock_file_pins_the_dependency_closure_and_nothing_else() -> None:
+    pins = _lock()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = [Requirement(r) for r in pyproject["project"]["dependencies"]]
+    closure: set[str] = set()
+    while wanted:
+        requirement = wanted.pop()
+        name = _canonical(requirement.name)
+        assert name in pins, f"{name} is not pinned in requirements.lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"{name}=={pins[name]} does not satisfy {requirement}"
+        )
+        if name in closure:
+            continue
+        closure.add(name)
+        for text in metadata.requires(name) or []:
+            dependency = Requirement(text)
+            if dependency.marker is None or dependency.marker.evaluate({"extra": ""}):
+                wanted.append(dependency)
+    assert set(pins) == closure, f"pinned but not needed: {sorted(set(pins) - closure)}"

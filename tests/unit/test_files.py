@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from cleaner import files
 from cleaner.audit import AuditLog
-from cleaner.files import Removal, SweepHooks, sweep
+from cleaner.files import SweepHooks, sweep
 from cleaner.report import format_bytes
 from cleaner.sessions import purge_session, validate_session_id
+from cleaner.sweep_result import Removal, SweepResult
 from tests.fixtures.trees import DAY, NOW, Tree
 
 
-def _sweep(tree: Tree, **kwargs: object) -> files.SweepResult:
+def _sweep(tree: Tree, **kwargs: object) -> SweepResult:
     config = tree.config(**kwargs.pop("config", {}))  # type: ignore[arg-type]
     return sweep(config.files, now=NOW, **kwargs)  # type: ignore[arg-type]
 

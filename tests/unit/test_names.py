@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cleaner.files import Removal, sweep
+from cleaner.files import sweep
 from cleaner.report import format_removal, printable
+from cleaner.sweep_result import Removal
 from tests.fixtures.trees import DAY, NOW, Tree
 
 #: Names as os.listdir gives them: any characters, and bytes that are not UTF-8 held as

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from itertools import count
 
 from cleaner.daemon import apply_sweep
-from cleaner.files import SweepResult, sweep
+from cleaner.files import sweep
 from cleaner.state import State
+from cleaner.sweep_result import SweepResult
 from tests.fixtures.trees import DAY, NOW, Tree
 
 
