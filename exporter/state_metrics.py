@@ -85,7 +85,8 @@ def _counters(config: Config, state: State) -> Iterator[Metric]:
         ),
         (
             "limpeza_bytes_removed",
-            "Bytes of the files the cleaner removed, per rule, since its state file was created.",
+            "Bytes the cleaner's removals freed (allocated blocks of files whose last link "
+            "went), per rule, since its state file was created.",
             state.bytes_removed,
         ),
     ):
@@ -140,6 +141,12 @@ def _counters(config: Config, state: State) -> Iterator[Metric]:
         "Cycles whose database reaping was skipped because another cleaner held the "
         "reaper lock, from the state file.",
         value=state.reaps_skipped,
+    )
+    yield CounterMetricFamily(
+        "limpeza_clock_jumps",
+        "Cycles held because the wall clock jumped forward against the monotonic clock "
+        "(nothing removed, no job reaped), from the state file.",
+        value=state.clock_jumps,
     )
     yield CounterMetricFamily(
         "limpeza_sweeps",

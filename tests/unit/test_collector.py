@@ -58,6 +58,7 @@ def known_state() -> State:
         jobs_reaped={"database": {"running": 7, "queued": 2}, "cache": {"running": 1}},
         force_cleans=1,
         sweeps=42,
+        clock_jumps=2,
         last_sweep_start=NOW - 30,
         last_sweep_end=NOW - 29.5,
         last_sweep_duration=0.5,
@@ -125,6 +126,7 @@ def test_known_state_file_gives_exact_counters(tmp_path: Path) -> None:
     assert v("limpeza_jobs_reaped_total", {"source": "cache", "status": "queued"}) == 0
     assert v("limpeza_force_cleans_total") == 1
     assert v("limpeza_sweeps_total") == 42
+    assert v("limpeza_clock_jumps_total") == 2
     assert v("limpeza_last_sweep_timestamp_seconds") == NOW - 29.5
     assert v("limpeza_last_success_timestamp_seconds") == NOW - 60
     assert v("limpeza_sweep_duration_seconds") == 0.5

@@ -29,6 +29,7 @@ STATE_FAMILIES = {
     "limpeza_jobs_reap_skipped",
     "limpeza_cleanup_errors",
     "limpeza_force_cleans",
+    "limpeza_clock_jumps",
     "limpeza_sweeps",
     "limpeza_last_sweep_timestamp_seconds",
     "limpeza_last_success_timestamp_seconds",
