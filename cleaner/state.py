@@ -352,7 +352,11 @@ class State:
 def read_state(path: Path) -> State:
     """Reads a state file; raises OSError or ValueError (with a reason) when it cannot."""
     with path.open("rb") as handle:
-        data = handle.read()
+        return parse_state(handle.read())
+
+
+def parse_state(data: bytes) -> State:
+    """A state file's content as a State; ValueError (with a reason) when it is not one."""
     try:
         raw = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -9,15 +9,14 @@ is logged once when it starts and once when it ends.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from cleaner.config import Config
-from cleaner.state import ERROR_STAGES, JOB_SOURCES, SKIP_REASONS, State
+from cleaner.state import ERROR_STAGES, JOB_SOURCES, SKIP_REASONS, State, parse_state
 from exporter.faults import Faults
 from exporter.regular_file import read_regular_file
 from exporter.statuses import fold, known_statuses
@@ -33,14 +32,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 def read_state_file(path: Path) -> State:
     """The state file at ``path``; raises OSError or ValueError (with a reason) when unusable."""
-    data = read_regular_file(path, MAX_STATE_BYTES)
-    try:
-        raw = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ValueError("not valid JSON: nested too deep") from None
-    return State.from_dict(raw)
+    return parse_state(read_regular_file(path, MAX_STATE_BYTES))
 
 
 def _read(path: Path, faults: Faults) -> State | None:
@@ -75,6 +67,17 @@ def state_metrics(config: Config, faults: Faults) -> Iterator[Metric]:
         yield from _api_metrics(state)
 
 
+def _per_key(
+    name: str, doc: str, label: str, known: Iterable[str], values: Mapping[str, int]
+) -> CounterMetricFamily:
+    """A counter with one series per ``label`` value: each known one (0 until counted) and
+    any other the state file holds (a rule since removed keeps its count)."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, number in sorted({**dict.fromkeys(known, 0), **values}.items()):
+        family.add_metric([key], number)
+    return family
+
+
 def _counters(config: Config, state: State) -> Iterator[Metric]:
     rules = [rule.name for rule in config.files.rules]
     for name, doc, values in (
@@ -90,19 +93,14 @@ def _counters(config: Config, state: State) -> Iterator[Metric]:
             state.bytes_removed,
         ),
     ):
-        family = CounterMetricFamily(name, doc, labels=["rule"])
-        for rule, number in sorted({**dict.fromkeys(rules, 0), **values}.items()):
-            family.add_metric([rule], number)
-        yield family
-
-    skipped = CounterMetricFamily(
+        yield _per_key(name, doc, "rule", rules, values)
+    yield _per_key(
         "limpeza_files_skipped",
         "Matching entries the cleaner left alone, per reason (from its state file).",
-        labels=["reason"],
+        "reason",
+        SKIP_REASONS,
+        state.skipped,
     )
-    for reason, number in sorted({**dict.fromkeys(SKIP_REASONS, 0), **state.skipped}.items()):
-        skipped.add_metric([reason], number)
-    yield skipped
 
     reaped = CounterMetricFamily(
         "limpeza_jobs_reaped",
@@ -121,15 +119,14 @@ def _counters(config: Config, state: State) -> Iterator[Metric]:
         reaped.add_metric([source, status], number)
     yield reaped
 
-    errors = CounterMetricFamily(
+    yield _per_key(
         "limpeza_cleanup_errors",
         "Errors the cleaner met, per stage (files, cache, database, health, jobs, state), "
         "from its state file.",
-        labels=["stage"],
+        "stage",
+        ERROR_STAGES,
+        state.errors,
     )
-    for stage, number in sorted({**dict.fromkeys(ERROR_STAGES, 0), **state.errors}.items()):
-        errors.add_metric([stage], number)
-    yield errors
 
     yield CounterMetricFamily(
         "limpeza_force_cleans",
