@@ -3,9 +3,12 @@
     python -m bench.run            # the full run (`make bench`, under an hour on 2 cores)
     python -m bench.run --quick    # small sizes, short footprint (`make bench-quick`)
     python -m bench.run --only expiry,idle
+    python -m bench.run --only scrape_load --update   # re-measure one section, keep the rest
 
 RESULTS.md is rewritten after each section, so an interrupted run keeps what it measured
-and says which sections did not run. Nothing in it is typed by hand.
+and says which sections did not run. With ``--update`` the sections not selected keep what
+the file held, and each re-measured one says when it was measured and under what load.
+Nothing in it is typed by hand.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import cache_writers, expiry, footprint, idle, reaping
+from bench import cache_writers, expiry, footprint, idle, reaping, scrape_load
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("expiry", "idle", "reaping", "scrape", "footprint", "cache_writers")
+SECTIONS = ("expiry", "idle", "reaping", "scrape", "footprint", "cache_writers", "scrape_load")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ TITLES = {
     "scrape": "4. Scraping",
     "footprint": "5. Footprint",
     "cache_writers": "6. Job cache writers",
+    "scrape_load": "7. Concurrent scrapers",
 }
 
 
@@ -81,17 +85,32 @@ def machine() -> str:
 class Results:
     """The RESULTS.md being built: rewritten after every section."""
 
-    def __init__(self, path: Path, quick: bool, wanted: tuple[str, ...]) -> None:
+    def __init__(
+        self, path: Path, quick: bool, wanted: tuple[str, ...], *, update: bool = False
+    ) -> None:
         self.path = path
         self.quick = quick
         self.wanted = wanted
         self.sections: dict[str, str] = {}
+        #: With --update: the file's head and the sections it held, kept as they are.
+        self.kept_head: list[str] | None = None
+        self.kept: dict[str, str] = {}
+        if update and path.exists():
+            self.kept_head, self.kept = read_results(path.read_text(encoding="utf-8"))
         self.started = datetime.datetime.now(datetime.UTC)
         self.machine = machine()
         self.load_start = os.getloadavg()[0]
         self.load_end: float | None = None
 
     def add(self, name: str, text: str) -> None:
+        if self.kept_head is not None:
+            text = (
+                f"*Measured on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by "
+                f"`python -m bench.run --only {name} --update`, load average (1 min) "
+                f"{self.load_start:.2f} when it started and {os.getloadavg()[0]:.2f} when it "
+                "ended; the other sections are from the run the head of this file "
+                "describes.*\n\n" + text
+            )
         self.sections[name] = text
         self.write()
 
@@ -111,16 +130,37 @@ class Results:
             "steadier figures. Ranges in brackets are min-max.",
             "",
         ]
+        if self.kept_head is not None:
+            head = self.kept_head
         body = []
         for name in SECTIONS:
             body.append(f"## {TITLES[name]}\n")
             if name in self.sections:
                 body.append(self.sections[name] + "\n")
+            elif name in self.kept and name not in self.wanted:
+                body.append(self.kept[name] + "\n")
             elif name in self.wanted:
                 body.append("Not measured in this run (it did not finish).\n")
             else:
                 body.append("Not measured in this run (not selected).\n")
         self.path.write_text("\n".join(head + body), encoding="utf-8")
+
+
+def read_results(text: str) -> tuple[list[str], dict[str, str]]:
+    """The head lines of a RESULTS.md and its sections by name (what ``write`` produced)."""
+    starts = {
+        name: text.find(f"\n## {TITLES[name]}\n")
+        for name in SECTIONS
+        if f"## {TITLES[name]}\n" in text
+    }
+    first = min(starts.values(), default=len(text))
+    sections = {}
+    for name, start in starts.items():
+        begin = start + len(f"\n## {TITLES[name]}\n")
+        end = text.find("\n## ", begin)
+        # write() puts a blank line after the heading and a newline after the text.
+        sections[name] = text[begin : end if end != -1 else len(text)][1:-1]
+    return text[:first].split("\n"), sections
 
 
 def log(message: str) -> None:
@@ -160,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         help="default: bench/RESULTS.md, or bench/out/RESULTS-quick.md with --quick "
         "(a quick run never overwrites the published numbers)",
     )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the sections not selected as the output file has them",
+    )
     args = parser.parse_args(argv)
     wanted = tuple(args.only.split(",")) if args.only else SECTIONS
     unknown = set(wanted) - set(SECTIONS)
@@ -169,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.output is None:
         args.output = HERE / "out" / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md"
         args.output.parent.mkdir(exist_ok=True)
-    results = Results(args.output, args.quick, wanted)
+    results = Results(args.output, args.quick, wanted, update=args.update)
     results.write()
     scratch = Path(tempfile.mkdtemp(prefix="limpeza-bench-"))
     scratch.chmod(0o755)
@@ -216,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
                 "footprint",
                 lambda: footprint.report(
                     footprint.run_section(plan.footprint_seconds, scratch, log), exporter_missing
+                ),
+                results,
+            )
+        if "scrape_load" in wanted:
+            timed(
+                "scrape_load",
+                lambda: scrape_load.report(
+                    scrape_load.run_section(args.quick, scratch), args.quick
                 ),
                 results,
             )
