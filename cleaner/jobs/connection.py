@@ -353,7 +353,10 @@ class KeptConnection:
 
     def _down(self, reason: str) -> DatabaseDownError:
         self._failures += 1
-        self._retry_at = self._clock() + min(self.max_backoff, 2.0 ** (self._failures - 1))
+        # The exponent is capped: 2.0 ** 1024 overflows, and a database can stay down for
+        # more than a thousand attempts (the exporter tries once per scrape).
+        backoff = 2.0 ** min(self._failures - 1, 30)
+        self._retry_at = self._clock() + min(self.max_backoff, backoff)
         if self.up is not False and self._log_changes:
             log.warning(
                 "database down: %s; reconnecting with backoff up to %gs",
