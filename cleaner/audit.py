@@ -3,7 +3,7 @@
 Each line is written with one ``write`` to a descriptor opened with ``O_APPEND``, right
 after the unlink it records (``cleaner.files.sweep`` calls it first), so a crash loses at
 most the line of the file being removed, and never leaves half a line. The path is the
-exact name, not UTF-8 bytes included (as JSON surrogate escapes, ``\udcff``).
+exact name, not UTF-8 bytes included (as JSON surrogate escapes, ``\\udcff``).
 """
 
 from __future__ import annotations
