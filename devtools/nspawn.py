@@ -1,12 +1,13 @@
-"""Real Debian 12 hosts: debootstrap once, then systemd-nspawn per target.
+"""Real Debian 12 and 13 hosts: debootstrap once per release, then systemd-nspawn per target.
 
-The root file system is built with ``debootstrap`` from the mirror this machine's apt uses
-(else deb.debian.org) and cached as a tarball in ``$LIMPEZADEV_IMAGE_CACHE`` (default
-/var/cache/limpeza-tests), keyed by the suite and the package list, so only the first run
-pays for the build. Each target is a fresh copy of that tarball, booted with systemd as PID
-1 by ``systemd-nspawn --boot`` inside a cgroup of its own, in the host's network namespace:
-its sshd listens on a free port of 127.0.0.1 and accepts a given key. ``shutdown()`` powers
-it off (killed if it does not stop) and removes its cgroups, files and ssh connections.
+A root file system per Debian release (``SUITES``: bookworm, trixie) is built with
+``debootstrap`` from the mirror this machine's apt uses (else deb.debian.org) and cached as a
+tarball in ``$LIMPEZADEV_IMAGE_CACHE`` (default /var/cache/limpeza-tests), keyed by the suite
+and the package list, so only the first run pays for each build. Each target is a fresh
+copy of its release's tarball, booted with systemd as PID 1 by ``systemd-nspawn --boot``
+inside a cgroup of its own, in the host's network namespace: its sshd listens on a free
+port of 127.0.0.1 and accepts a given key. ``shutdown()`` powers it off (killed if it does
+not stop) and removes its cgroups, files and ssh connections.
 
 It needs root, debootstrap and systemd-nspawn; ``host_problem()`` says what is missing.
 """
@@ -24,13 +25,16 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from devtools.process import free_port
 
-SUITE = "bookworm"
+#: The Debian releases a target can run: 12 and 13. The first is the default.
+SUITES = ("bookworm", "trixie")
+SUITE = SUITES[0]
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 #: What a target needs: systemd as init, sshd for Ansible, Python with venv for the
 #: bundle, iproute2/procps for the checks, and Prometheus (promtool) for the alerts role.
@@ -103,23 +107,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
 
 
-def image_key() -> str:
-    return hashlib.sha256(f"{SUITE}\n{','.join(sorted(PACKAGES))}\n".encode()).hexdigest()[:16]
+def image_key(suite: str = SUITE) -> str:
+    return hashlib.sha256(f"{suite}\n{','.join(sorted(PACKAGES))}\n".encode()).hexdigest()[:16]
 
 
-def image_tarball(cache: Path | None = None) -> Path:
-    """The cached root tarball, built first if missing (one builder at a time)."""
+def image_tarball(cache: Path | None = None, suite: str = SUITE) -> Path:
+    """The cached root tarball of ``suite``, built first if missing (one builder at a time)."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}, not one of {SUITES}")
     cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    tarball = cache / f"debian-{SUITE}-{image_key()}.tar"
-    with (cache / ".lock").open("w") as lock:
+    tarball = cache / f"debian-{suite}-{image_key(suite)}.tar"
+    # One builder at a time per image: building one release does not hold up the other.
+    with (cache / f".lock-{tarball.stem}").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not tarball.exists():
-            _build_image(cache, tarball)
+            _build_image(cache, tarball, suite)
     return tarball
 
 
-def _build_image(cache: Path, tarball: Path) -> None:
+def _build_image(cache: Path, tarball: Path, suite: str) -> None:
     work = Path(tempfile.mkdtemp(prefix="build-", dir=cache))
     root = work / "root"
     try:
@@ -129,7 +136,7 @@ def _build_image(cache: Path, tarball: Path) -> None:
                 "debootstrap",
                 "--variant=minbase",
                 f"--include={','.join(PACKAGES)}",
-                SUITE,
+                suite,
                 str(root),
                 mirror,
             ],
@@ -196,6 +203,7 @@ class Target:
     base: Path
     ssh_port: int
     key: Path
+    suite: str = SUITE
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     cgroups: list[Path] = field(default_factory=list)
@@ -417,21 +425,32 @@ def boot_targets(
     key: Path,
     workdir: Path,
     prepare: Callable[[Target], None] | None = None,
+    suites: dict[str, str] | None = None,
 ) -> list[Target]:
     """Unpacks and boots one target per name (in parallel) and waits until all are up.
 
-    ``prepare`` may change a target's files before it boots. On failure every target
-    already started is shut down.
+    ``suites`` gives a target's Debian release (default ``SUITE``); each release's image is
+    built once and cached. ``prepare`` may change a target's files before it boots. On
+    failure every target already started is shut down.
     """
-    tarball = image_tarball()
+    suites = suites or {}
+    wanted = sorted({suites.get(name, SUITE) for name in names})
+    with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
+        tarballs = dict(
+            zip(wanted, pool.map(lambda s: image_tarball(suite=s), wanted), strict=True)
+        )
     targets: list[Target] = []
     try:
         for name in names:
             base = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
             base.chmod(0o755)
-            target = Target(name=name, base=base, ssh_port=free_port(), key=key)
+            suite = suites.get(name, SUITE)
+            target = Target(name=name, base=base, ssh_port=free_port(), key=key, suite=suite)
             targets.append(target)
-            target.unpack(tarball)
+        # Unpacking is mostly waiting on the disk: all at once, then every target boots.
+        with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+            list(pool.map(lambda t: t.unpack(tarballs[t.suite]), targets))
+        for target in targets:
             if prepare is not None:
                 prepare(target)
             target.boot()
