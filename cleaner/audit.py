@@ -1,5 +1,8 @@
 """The audit log: one JSON line per file removed (time, rule, path, size, freed, age).
 
+A file moved to a quarantine has ``"action": "quarantine"`` and its ``id``; one that leaves
+the quarantine has ``"action": "expire"`` (and its ``reason``) or ``"restore"``.
+
 Each line is written with one ``write`` to a descriptor opened with ``O_APPEND``, right
 after the unlink it records (``cleaner.files.sweep`` calls it first), so a crash loses at
 most the line of the file being removed, and never leaves half a line. The path is the
@@ -70,6 +73,12 @@ class AuditLog:
         }
         if removal.freed is not None:
             record["freed"] = removal.freed
+        if removal.what != "remove":  # a removal's line keeps the format it always had
+            record["action"] = removal.what
+        if removal.quarantine_id is not None:
+            record["id"] = removal.quarantine_id
+        if removal.reason is not None:
+            record["reason"] = removal.reason
         # ensure_ascii keeps names that are not UTF-8 (surrogate escapes) valid JSON.
         line = json.dumps(record, ensure_ascii=True, sort_keys=True) + "\n"
         try:

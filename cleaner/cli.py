@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from cleaner import __version__
+from cleaner import __version__, quarantine_cli
 from cleaner import config as config_mod
 from cleaner.audit import AuditLog
 from cleaner.config import Config, ConfigError
@@ -26,6 +26,7 @@ from cleaner.daemon import Daemon, apply_cycle, apply_force_clean, apply_jobs, a
 from cleaner.files import sweep
 from cleaner.jobs.reaper import CycleReport, JobReaper
 from cleaner.jobs.status import jobs_status
+from cleaner.quarantine import Quarantines
 from cleaner.report import (
     format_files_status,
     format_force_clean,
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("session_id", metavar="ID")
     purge.add_argument("--dry-run", action="store_true", help="report, change nothing")
     purge.add_argument("--include-final", action="store_true", help="remove the final video too")
+    purge.add_argument(
+        "--no-quarantine", action="store_true", help="unlink even where a rule quarantines"
+    )
     purge.add_argument("--json", action="store_true", help="print the counters as JSON")
 
     status = sub.add_parser("status", help="what is there now, and the last sweep")
@@ -105,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     force.add_argument("--dry-run", action="store_true", help="report, change nothing")
     force.add_argument("--yes", action="store_true", help="really end every active job")
     force.add_argument("--json", action="store_true", help="print the report as JSON")
+    quarantine_cli.add_parsers(sub, _duration)
     return parser
 
 
@@ -197,14 +202,20 @@ def _record(config: Config, delta: State) -> None:
 def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]) -> int:
     """One cycle as the daemon runs it: the file sweep, then (unless a dry run) the jobs."""
     now = time.time()
+    quarantines = None if args.dry_run else Quarantines(config.files)
     with AuditLog(None if args.dry_run else config.audit_log, time.time) as audit:
-        result = sweep(
-            config.files,
-            now=now,
-            dry_run=args.dry_run,
-            max_age=args.max_age,
-            on_remove=_on_remove(audit, args),
-        )
+        try:
+            result = sweep(
+                config.files,
+                now=now,
+                dry_run=args.dry_run,
+                max_age=args.max_age,
+                on_remove=_on_remove(audit, args),
+                quarantines=quarantines,
+            )
+        finally:
+            if quarantines is not None:
+                quarantines.close()
     if args.dry_run:
         return _finish(result, args.json)
     reaper = JobReaper(config.jobs, interval=config.interval)
@@ -237,6 +248,7 @@ def _cmd_purge(args: argparse.Namespace, config: Config, path: Path, env: Mappin
         include_final=args.include_final,
         dry_run=args.dry_run,
         on_remove=None if args.json else lambda r: print(format_removal(r, args.dry_run)),
+        quarantine=not args.no_quarantine,
     )
     return _finish(result, args.json, missing_fails=False)
 
@@ -320,10 +332,24 @@ def _cmd_force_clean(
     return EXIT_ERRORS if report.errors.messages else EXIT_OK
 
 
+def _cmd_quarantine(
+    args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]
+) -> int:
+    return quarantine_cli.cmd_quarantine(args, config)
+
+
+def _cmd_restore(
+    args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]
+) -> int:
+    return quarantine_cli.cmd_restore(args, config)
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "once": _cmd_once,
     "purge-session": _cmd_purge,
     "status": _cmd_status,
     "force-clean": _cmd_force_clean,
+    "quarantine": _cmd_quarantine,
+    "restore": _cmd_restore,
 }

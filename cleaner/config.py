@@ -46,6 +46,7 @@ from cleaner.config_types import FilesConfig as FilesConfig
 from cleaner.config_types import ForceCleanConfig as ForceCleanConfig
 from cleaner.config_types import JobsConfig as JobsConfig
 from cleaner.config_types import Rule as Rule
+from cleaner.quarantine_placement import placement_problems
 
 DEFAULT_CONFIG_PATH = Path("/etc/limpeza/limpeza.yml")
 DEFAULT_EXPORTER_ADDRESS = "127.0.0.1:9817"
@@ -184,7 +185,12 @@ def load(path: Path, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(["(file) is not UTF-8 text"], str(path)) from None
     merged_env = dict(read_dotenv(path.parent / ".env"))
     merged_env.update(env or {})
-    return load_text(text, env=merged_env, source=str(path))
+    config = load_text(text, env=merged_env, source=str(path))
+    # Where a quarantine lies needs the disk (cleaner.quarantine): judged here, not in build.
+    problems = placement_problems(config.files)
+    if problems:
+        raise ConfigError(problems, str(path))
+    return config
 
 
 def build(raw: object, *, env: Mapping[str, str], source: str = "") -> Config:

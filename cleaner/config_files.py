@@ -14,12 +14,34 @@ from pathlib import Path
 from typing import Any
 
 from cleaner.config_reader import MAX_INTERVAL, Reader, show
-from cleaner.config_types import FilesConfig, Rule
+from cleaner.config_types import FilesConfig, QuarantineConfig, Rule
 from cleaner.patterns import glob_problem, is_catch_all
 from cleaner.safety import is_system_directory
 
 _RULE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_RULE_KEYS = ("name", "pattern", "max_age", "directories", "recursive", "allow_dangerous")
+_RULE_KEYS = (
+    "name",
+    "pattern",
+    "max_age",
+    "directories",
+    "recursive",
+    "allow_dangerous",
+    "quarantine",
+)
+_QUARANTINE_KEYS = ("directory", "retention", "max_bytes")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(|B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "TiB": 2**40,
+}
 
 
 def read_files(reader: Reader, raw: object, defaults: Mapping[str, Any]) -> FilesConfig:
@@ -79,6 +101,7 @@ def read_files(reader: Reader, raw: object, defaults: Mapping[str, Any]) -> File
                 max_age=reader.duration(entry.get("max_age", 0), f"{path}.max_age"),
                 directories=rule_dirs,
                 recursive=reader.boolean(entry.get("recursive", False), f"{path}.recursive"),
+                quarantine=read_quarantine(reader, entry.get("quarantine"), f"{path}.quarantine"),
             )
         )
     templates: dict[str, tuple[str, ...]] = {}
@@ -97,6 +120,43 @@ def read_files(reader: Reader, raw: object, defaults: Mapping[str, Any]) -> File
         templates["session_files"],
         templates["final_files"],
         reader.duration(section["full_read_every"], "files.full_read_every", MAX_INTERVAL),
+    )
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``5GB``, ``500MiB``, ``1024`` (decimal and binary units); ValueError else."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(value)
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def read_quarantine(reader: Reader, raw: object, path: str) -> QuarantineConfig | None:
+    """A rule's ``quarantine: {directory, retention, max_bytes}``; null or absent: none.
+
+    Where the directory lies (same filesystem, outside every swept directory) needs the
+    disk: cleaner.quarantine.placement_problems, which cleaner.config.load runs.
+    """
+    if raw is None or raw is False:
+        return None
+    section = reader.mapping(raw, path, _QUARANTINE_KEYS)
+    if "directory" not in section or "retention" not in section:
+        reader.fail(path, "expected {directory: PATH, retention: DURATION, max_bytes: SIZE}")
+        return None
+    max_bytes = 0
+    try:
+        max_bytes = parse_size(section.get("max_bytes", 0))
+    except ValueError:
+        reader.fail(
+            f"{path}.max_bytes",
+            f"expected a size such as 5GB or 500MiB, got {show(section.get('max_bytes'))}",
+        )
+    return QuarantineConfig(
+        directory=reader.abs_path(section["directory"], f"{path}.directory"),
+        retention=reader.duration(section["retention"], f"{path}.retention"),
+        max_bytes=max_bytes,
     )
 
 

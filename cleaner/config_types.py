@@ -14,6 +14,17 @@ from zoneinfo import ZoneInfo
 
 
 @dataclass(frozen=True)
+class QuarantineConfig:
+    """Where a rule moves its expired files instead of unlinking them, and for how long."""
+
+    directory: Path
+    #: Seconds an entry stays before it is unlinked.
+    retention: float
+    #: The most allocated bytes the rule may hold there (oldest go first); 0: no limit.
+    max_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class Rule:
     """A named kind of expiring file: a base-name glob and the age past which it goes."""
 
@@ -22,6 +33,8 @@ class Rule:
     max_age: float
     directories: tuple[Path, ...]
     recursive: bool = False
+    #: Set: expired files go to this quarantine (cleaner.quarantine) instead of unlink.
+    quarantine: QuarantineConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from cleaner.files import sweep
 from cleaner.jobs.force_clean import ForceCleanReport
 from cleaner.jobs.reaper import STATS_EVERY, CycleReport, JobReaper
 from cleaner.memory import SweepMemory
+from cleaner.quarantine import Expired, QuarantineError, Quarantines, RuleCounts, expired_counts
 from cleaner.report import format_duration
 from cleaner.state import ApiHealth, StageErrors, State, StateStore
 from cleaner.sweep_result import SweepResult
@@ -56,6 +57,15 @@ def apply_sweep(delta: State, result: SweepResult) -> None:
         delta.count_error("files", result.errors)
     delta.directories = dict(result.directories)
     delta.missing_directories = list(result.missing)
+
+
+def apply_expired(delta: State, gone: list[Expired]) -> dict[str, RuleCounts]:
+    """Records what left a quarantine: the bytes it freed count as removed under the rule
+    (its file was counted when it was quarantined). Returns the counts per rule."""
+    counts = expired_counts(gone)
+    for rule, tally in counts.items():
+        delta.add(delta.bytes_removed, rule, tally.bytes)
+    return counts
 
 
 def apply_errors(delta: State, errors: StageErrors) -> None:
@@ -191,6 +201,7 @@ class Daemon:
         except OSError as exc:
             log.warning("cannot read state file %s: %s", self.store.path, exc)
         self._open_parts()
+        self._quarantine_stage(expire=False)  # reconciled with their manifests at start
         try:
             self._loop()
         finally:
@@ -240,10 +251,12 @@ class Daemon:
 
     def _open_parts(self) -> None:
         self.audit = AuditLog(self.config.audit_log, self.clock)
+        self.quarantines = Quarantines(self.config.files, self.clock)
         self.reaper = JobReaper(self.config.jobs, clock=self.clock, interval=self.config.interval)
 
     def _close_parts(self) -> None:
         self.audit.close()
+        self.quarantines.close()
         if self._jobs is not None and self._jobs.reaper is self.reaper:
             # Still in use by its thread (closing would wait for it): the next _collect
             # closes it, or the process exits without it.
@@ -281,6 +294,7 @@ class Daemon:
             self._hold(jump)
             return
         ok = True
+        expired = self._quarantine_stage(expire=True)
         try:
             result = sweep(
                 self.config.files,
@@ -289,6 +303,7 @@ class Daemon:
                 should_stop=lambda: self._stop,
                 memory=self.memory,
                 checkpoint=self._checkpoint,
+                quarantines=self.quarantines,
             )
             apply_sweep(self.delta, result.pending())
             log.info("%s", result.summary())
@@ -297,6 +312,7 @@ class Daemon:
             log.exception("file sweep failed")
             self.delta.count_error("files")
             ok = False
+        self._write_summaries(expired)
         self._jobs_stage(deadline=time.monotonic() + self.config.interval / 2)
         apply_cycle(
             self.delta,
@@ -311,6 +327,39 @@ class Daemon:
         self._save()
         if self.cycles % STATS_EVERY == 0:
             self._log_stats()
+
+    def _quarantine_stage(self, *, expire: bool) -> dict[Path, dict[str, int]]:
+        """Opens (and so reconciles) every quarantine, reads what restores and purges
+        appended, and with ``expire`` unlinks what is past retention or over max_bytes:
+        each audited, the bytes freed counted. Returns the files expired per quarantine."""
+        expired: dict[Path, dict[str, int]] = {}
+        try:
+            self.quarantines.refresh()
+            if not expire:
+                for store in self.quarantines.all():
+                    store.write_summary(restored={}, expired={})
+                return expired
+            now = self.clock()
+            for store, gone in self.quarantines.expire().items():
+                counts = apply_expired(self.delta, gone)
+                expired[store.directory] = {rule: c.files for rule, c in counts.items()}
+                for item in gone:
+                    self.audit.write(item.removal(now))
+                if gone:
+                    log.info("quarantine %s: %d expired", store.directory, len(gone))
+        except (OSError, QuarantineError) as exc:
+            log.error("quarantine: %s", exc)
+            self.delta.count_error("files")
+        return expired
+
+    def _write_summaries(self, expired: dict[Path, dict[str, int]]) -> None:
+        """Each quarantine's summary for the exporter: what it holds now, the totals."""
+        try:
+            for store in self.quarantines.all():
+                store.write_summary(restored={}, expired=expired.get(store.directory, {}))
+        except (OSError, QuarantineError) as exc:
+            log.error("quarantine: cannot write its summary: %s", exc)
+            self.delta.count_error("files")
 
     def _checkpoint(self, progress: SweepResult) -> None:
         """Saves what a long sweep did so far: a crash loses at most a second of counts."""

@@ -36,6 +36,7 @@ from cleaner.config import FilesConfig, Rule
 from cleaner.memory import STATIC_SKIPS, DirectoryTally, Seen, SweepMemory
 from cleaner.mounts import MountPoints
 from cleaner.patterns import Globs, RuleSet, is_protected, match_rule
+from cleaner.quarantine import QuarantineError, Quarantines
 from cleaner.report import Printable
 from cleaner.state import SKIP_REASONS, DirectoryUsage
 from cleaner.sweep_result import (
@@ -88,7 +89,7 @@ class Candidate:
     ``mount`` is the mount id of the walk's root (None: the parent directory's is asked).
     """
 
-    __slots__ = ("dir_fd", "directory", "mount", "name", "rule", "st")
+    __slots__ = ("dir_fd", "directory", "mount", "name", "quarantine_id", "rule", "st")
 
     def __init__(
         self,
@@ -105,6 +106,8 @@ class Candidate:
         self.rule = rule
         self.st = st
         self.mount = mount
+        #: Set by remove_candidate when the file went to its rule's quarantine.
+        self.quarantine_id: str | None = None
 
     @property
     def path(self) -> str:
@@ -404,10 +407,14 @@ def remove_candidate(
     dry_run: bool,
     hooks: SweepHooks = NO_HOOKS,
     mounts: MountPoints | None = None,
+    quarantines: Quarantines | None = None,
 ) -> bool:
     """Removes one candidate if it is still the same, unlocked regular file.
 
-    A file that is a mount point (a file bind-mounted onto it) is never removed.
+    A file that is a mount point (a file bind-mounted onto it) is never removed. When its
+    rule has a quarantine (and ``quarantines`` is given) the file is moved there instead
+    of unlinked, after the very same checks; ``candidate.quarantine_id`` is then set. A
+    file restored from the quarantine lately is left alone (skipped as ``restored``).
     """
     if hooks.before_open is not None:
         hooks.before_open(candidate.path)
@@ -460,12 +467,22 @@ def remove_candidate(
             return False
         candidate.st = now_st  # the same file; its link count right before the unlink
         try:
-            os.unlink(candidate.name, dir_fd=candidate.dir_fd)
+            store = None if quarantines is None else quarantines.for_rule(candidate.rule)
+            if store is not None and store.held(now_st, store.clock()):
+                result.skip("restored")
+                return False
+            if store is not None:
+                candidate.quarantine_id = store.put(
+                    candidate.dir_fd, candidate.name, candidate.path, candidate.rule.name, now_st
+                )
+            else:
+                os.unlink(candidate.name, dir_fd=candidate.dir_fd)
         except FileNotFoundError:
             return False
-        except OSError as exc:
+        except (OSError, QuarantineError) as exc:
             result.errors += 1
-            log.error("cannot remove %s: %s", Printable(candidate.path), exc.strerror or exc)
+            what = getattr(exc, "strerror", None) or exc
+            log.error("cannot remove %s: %s", Printable(candidate.path), what)
             return False
         return True
     finally:
@@ -521,6 +538,7 @@ def sweep(
     checkpoint: CheckpointHook | None = None,
     checkpoint_every: float = CHECKPOINT_EVERY,
     monotonic: Callable[[], float] = time.monotonic,
+    quarantines: Quarantines | None = None,
 ) -> SweepResult:
     """One pass over every configured directory.
 
@@ -537,7 +555,8 @@ def sweep(
     the counters of what the sweep did since the previous call: the caller records them
     (the daemon saves its state), so a crash loses at most that long of the sweep's
     counts. The result returned is the whole sweep; its ``pending()`` is what no
-    checkpoint carried.
+    checkpoint carried. ``quarantines`` (not with ``dry_run``) moves the files of rules
+    with a quarantine there instead of unlinking them; they free nothing until expired.
     """
     result = SweepResult(dry_run=dry_run, removed={r.name: RuleTally() for r in files.rules})
     result.skipped = dict.fromkeys(SKIP_REASONS, 0)
@@ -570,9 +589,11 @@ def sweep(
             tick=tick,
         )
         for candidate in walker.candidates():
-            if remove_candidate(candidate, result, dry_run, hooks, mounts):
+            if remove_candidate(candidate, result, dry_run, hooks, mounts, quarantines):
                 st = candidate.st
-                freed = freed_bytes(st)
+                qid = candidate.quarantine_id
+                freed = 0 if qid is not None else freed_bytes(st)
+                result.quarantined += qid is not None
                 if on_remove is not None:
                     removal = Removal(
                         candidate.rule.name,
@@ -581,6 +602,7 @@ def sweep(
                         now - st.st_mtime,
                         st.st_mtime,
                         freed,
+                        quarantine_id=qid,
                     )
                     reported &= _report(on_remove, removal, result, first=reported)
                 tally = result.removed[candidate.rule.name]

@@ -120,14 +120,20 @@ class RemovedFile(Protocol):
     def size(self) -> int: ...
     @property
     def age(self) -> float: ...
+    @property
+    def quarantine_id(self) -> str | None: ...
 
 
 def format_removal(removal: RemovedFile, dry_run: bool) -> str:
-    """One removed (or, in a dry run, removable) file, as ``once`` and ``purge`` print it."""
+    """One removed (or, in a dry run, removable) file, as ``once`` and ``purge`` print it;
+    a file moved to its rule's quarantine says so, with its id."""
     verb = "would remove" if dry_run else "removed"
+    where = ""
+    if removal.quarantine_id is not None:
+        verb, where = "quarantined", f" as {removal.quarantine_id}"
     return (
         f"{verb} {printable(removal.path)} ({removal.rule}, {format_bytes(removal.size)}, "
-        f"{format_age(removal.age)} old)"
+        f"{format_age(removal.age)} old){where}"
     )
 
 

@@ -26,6 +26,7 @@ from cleaner.config import Config, FilesConfig, Rule
 from cleaner.daemon import apply_sweep
 from cleaner.files import Candidate, remove_candidate
 from cleaner.patterns import is_protected, match_rule
+from cleaner.quarantine import Quarantines
 from cleaner.state import SKIP_REASONS, State, record
 from cleaner.sweep_result import Removal, RemovalHook, RuleTally, SweepResult, freed_bytes
 
@@ -62,12 +63,14 @@ def purge_session(
     dry_run: bool = False,
     on_remove: RemovalHook | None = None,
     now: float = 0.0,
+    quarantines: Quarantines | None = None,
 ) -> SweepResult:
     """Removes one session's files at once, whatever their age.
 
     ``session_id`` must be 1 to 128 of ``[A-Za-z0-9_-]``; anything else raises
     ValueError before the disk is touched. Protected names, symlinks and locked files
-    are left alone exactly as in a sweep.
+    are left alone exactly as in a sweep. With ``quarantines``, a file whose name
+    matches a rule with a quarantine goes there instead of being unlinked.
     """
     validate_session_id(session_id)
     names = session_file_names(files, session_id, include_final=include_final)
@@ -85,7 +88,9 @@ def purge_session(
             continue
         try:
             for name in names:
-                _purge_one(files, dir_fd, str(root), name, result, dry_run, on_remove, now)
+                _purge_one(
+                    files, dir_fd, str(root), name, result, dry_run, on_remove, now, quarantines
+                )
         finally:
             os.close(dir_fd)
     return result
@@ -99,13 +104,16 @@ def purge_and_record(
     dry_run: bool = False,
     on_remove: RemovalHook | None = None,
     clock: Callable[[], float] = time.time,
+    quarantine: bool = True,
 ) -> SweepResult:
     """purge-session whole: the purge, each removal audited, the counts in the state file.
 
     A dry run writes neither. ``on_remove`` sees each removal after its audit line (the
     command prints it). Raises ValueError for a bad id, before the disk is touched.
+    ``quarantine=False`` unlinks even the files of rules that have a quarantine.
     """
     validate_session_id(session_id)
+    quarantines = Quarantines(config.files, clock) if quarantine and not dry_run else None
     with AuditLog(None if dry_run else config.audit_log, clock) as audit:
 
         def audited(removal: Removal) -> None:
@@ -120,7 +128,10 @@ def purge_and_record(
             dry_run=dry_run,
             on_remove=audited,
             now=clock(),
+            quarantines=quarantines,
         )
+    if quarantines is not None:
+        quarantines.close()
     if not dry_run:
         delta = State()
         apply_sweep(delta, result)
@@ -138,6 +149,7 @@ def _purge_one(
     dry_run: bool,
     on_remove: RemovalHook | None,
     now: float,
+    quarantines: Quarantines | None = None,
 ) -> None:
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -158,15 +170,17 @@ def _purge_one(
         return
     rule = match_rule(name, files.rules)
     label = rule.name if rule is not None else "session_purge"
-    pseudo = Rule(label, name, 0.0, (Path(directory),))
+    held = rule.quarantine if rule is not None else None
+    pseudo = Rule(label, name, 0.0, (Path(directory),), quarantine=held)
     candidate = Candidate(dir_fd, directory, name, pseudo, st)
-    if remove_candidate(candidate, result, dry_run):
+    if remove_candidate(candidate, result, dry_run, quarantines=quarantines):
         st = candidate.st  # as it was right before the unlink: its link count then
-        freed = freed_bytes(st)
+        qid = candidate.quarantine_id
+        freed = 0 if qid is not None else freed_bytes(st)
+        result.quarantined += qid is not None
         if on_remove is not None:
-            on_remove(
-                Removal(label, candidate.path, st.st_size, now - st.st_mtime, st.st_mtime, freed)
-            )
+            age = now - st.st_mtime
+            on_remove(Removal(label, candidate.path, st.st_size, age, st.st_mtime, freed, qid))
         tally = result.removed.setdefault(label, RuleTally())
         tally.files += 1
         tally.bytes += freed

@@ -39,6 +39,7 @@ SKIP_REASONS = (
     "mount_point",
     "changed",
     "too_deep",
+    "restored",
 )
 #: Where a reaped job was (the ``source`` label of limpeza_jobs_reaped_total).
 JOB_SOURCES = ("database", "cache")

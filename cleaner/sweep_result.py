@@ -36,7 +36,9 @@ class Removal:
     """One file removed (or that a dry run would remove).
 
     ``size`` is its apparent size; ``freed`` what its removal gave back (``freed_bytes``),
-    None where it was not measured.
+    None where it was not measured. ``action`` is ``remove``, ``quarantine`` (then
+    ``quarantine_id`` names the entry, and nothing is freed yet), or what happened to a
+    quarantined file later: ``expire`` (its ``reason``), ``restore``.
     """
 
     rule: str
@@ -45,6 +47,15 @@ class Removal:
     age: float
     mtime: float
     freed: int | None = None
+    quarantine_id: str | None = None
+    action: str = ""
+    reason: str | None = None
+
+    @property
+    def what(self) -> str:
+        if self.action:
+            return self.action
+        return "remove" if self.quarantine_id is None else "quarantine"
 
 
 @dataclass
@@ -73,6 +84,8 @@ class SweepResult:
     directories: dict[str, DirectoryUsage] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     stopped: bool = False
+    #: Of the files removed, how many went to a quarantine (they free nothing yet).
+    quarantined: int = 0
     #: The counters already handed to a checkpoint (see ``sweep``), None when none was.
     checkpointed: SweepResult | None = None
 
@@ -137,6 +150,8 @@ class SweepResult:
             )
         freed = "would be freed" if self.dry_run else "freed"
         head = "cleanup dry run" if self.dry_run else "cleanup done"
+        if self.quarantined:
+            parts.append(f"quarantined: {self.quarantined}")
         return (
             f"{head}: {self.files_removed} files {verb} ({', '.join(parts)}), "
             f"{format_bytes(self.bytes_removed)} {freed}"
@@ -159,6 +174,7 @@ class SweepResult:
             },
             "missing_directories": list(self.missing),
             "stopped": self.stopped,
+            "files_quarantined": self.quarantined,
         }
 
 
