@@ -6,6 +6,7 @@
 * the jobs, counted now with the cleaner's own code: one query on the jobs table when a
   database is configured, else the JSON job cache: ``exporter.job_metrics``;
 * ``statvfs`` of each monitored directory: ``exporter.filesystem_metrics``;
+* each quarantine's summary (files, bytes, restored, expired): ``exporter.quarantine_metrics``;
 * and this process (``process_*``, client_python's process collector).
 
 A scrape never walks a directory tree and never fails for a partial fault: a database that
@@ -29,6 +30,7 @@ from cleaner.config import Config
 from exporter.faults import Faults
 from exporter.filesystem_metrics import StatVFS, filesystem_metrics, os_statvfs
 from exporter.job_metrics import APPLICATION_NAME, DatabaseProbe, job_metrics, probe_for
+from exporter.quarantine_metrics import quarantine_metrics
 from exporter.state_metrics import state_metrics
 
 __all__ = ["APPLICATION_NAME", "DatabaseProbe", "LimpezaCollector"]
@@ -87,6 +89,7 @@ class LimpezaCollector(Collector):
         yield from job_metrics(config, self._database, self._faults, self._clock)
         yield from state_metrics(config, self._faults)
         yield from filesystem_metrics(config, self._statvfs, self._faults)
+        yield from quarantine_metrics(config, self._faults)
         yield from self._process.collect()
         yield GaugeMetricFamily(
             "limpeza_exporter_scrape_duration_seconds",

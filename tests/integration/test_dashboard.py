@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cleaner.config import DEFAULTS
 from tests.fixtures.limpeza_processes import LimpezaProcesses
 from tests.fixtures.postgres import JobsDatabase
 from tests.fixtures.prometheus import PrometheusFactory, PrometheusServer
@@ -44,6 +45,8 @@ REQUIRED_PANELS = {
     "Sweep duration",
     "Time since last successful sweep",
     "Cleanup errors",
+    "Quarantine per rule",
+    "Quarantine restored and expired",
 }
 
 
@@ -139,7 +142,17 @@ def seed_expired_files(directory: Path) -> int:
         os.utime(path, (old, old))
         total += os.stat(path).st_blocks * 512
     (directory / "session_fresh.json").write_bytes(b"{}")
+    # Quarantined by the drafts rule: it frees nothing while it is there.
+    (directory / "draft_a.json").write_bytes(b"{}")
+    os.utime(directory / "draft_a.json", (old, old))
     return total
+
+
+def rules_with_a_quarantine(base: Path) -> list[dict[str, Any]]:
+    """The default rules, and one whose files go to a quarantine (for its panels)."""
+    quarantine = {"directory": str(base / "quarantine"), "retention": "1d", "max_bytes": "1GB"}
+    drafts = {"name": "drafts", "pattern": "draft_*.json", "max_age": "1h"}
+    return [*DEFAULTS["files"]["rules"], {**drafts, "quarantine": quarantine}]
 
 
 def wait_for_data(prom: PrometheusServer, exprs: list[tuple[str, str]]) -> list[str]:
@@ -175,7 +188,12 @@ def test_every_panel_query_returns_data(
     uploads = limpeza_processes.base / "uploads"
     uploads.mkdir()
     removed_bytes = seed_expired_files(uploads)
-    config = limpeza_processes.write_config(jobs_db, interval="1s", directories=[uploads])
+    config = limpeza_processes.write_config(
+        jobs_db,
+        interval="1s",
+        directories=[uploads],
+        extra={"files": {"rules": rules_with_a_quarantine(limpeza_processes.base)}},
+    )
     cleaner = limpeza_processes.start_cleaner(config)
     exporter = limpeza_processes.start_exporter(config)
     prom = prometheus_factory([exporter.address], scrape_interval=SCRAPE_INTERVAL)
@@ -194,7 +212,8 @@ def test_every_panel_query_returns_data(
     )
 
     # The data is the cleaner's real work: the seeded files went, the stale jobs were ended.
-    assert prom.value("sum(limpeza_files_removed_total)") == 3
+    assert prom.value("sum(limpeza_files_removed_total)") == 4
+    assert prom.value("sum(limpeza_quarantine_files)") == 1
     assert prom.value("sum(limpeza_bytes_removed_total)") == removed_bytes
     assert prom.value("sum(limpeza_jobs_reaped_total)") == 2
     assert prom.value("limpeza_jobs_active") == 3
