@@ -4,6 +4,7 @@
     python -m bench.run --quick    # small sizes, short footprint (`make bench-quick`)
     python -m bench.run --only expiry,idle
     python -m bench.run --only scrape_load --update   # re-measure one section, keep the rest
+    python -m bench.run --only quarantine --update
 
 RESULTS.md is rewritten after each section, so an interrupted run keeps what it measured
 and says which sections did not run. With ``--update`` the sections not selected keep what
@@ -26,10 +27,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import cache_writers, expiry, footprint, idle, reaping, scrape_load
+from bench import cache_writers, expiry, footprint, idle, quarantine, reaping, scrape_load
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("expiry", "idle", "reaping", "scrape", "footprint", "cache_writers", "scrape_load")
+SECTIONS = (
+    "expiry",
+    "idle",
+    "reaping",
+    "scrape",
+    "footprint",
+    "cache_writers",
+    "scrape_load",
+    "quarantine",
+)
 
 
 @dataclass(frozen=True)
@@ -41,10 +51,11 @@ class Plan:
     job_rows: tuple[int, ...]
     footprint_seconds: float
     cache_writer_seconds: float
+    quarantine_sizes: tuple[int, ...] = (100_000, 1_000_000)
 
 
 FULL = Plan((10_000, 100_000, 1_000_000), 3, 1_000_000, 6, (1_000_000, 5_000_000), 600.0, 30.0)
-QUICK = Plan((10_000,), 3, 20_000, 5, (100_000,), 30.0, 5.0)
+QUICK = Plan((10_000,), 3, 20_000, 5, (100_000,), 30.0, 5.0, (10_000,))
 
 TITLES = {
     "expiry": "1. Expiring files",
@@ -54,6 +65,7 @@ TITLES = {
     "footprint": "5. Footprint",
     "cache_writers": "6. Job cache writers",
     "scrape_load": "7. Concurrent scrapers",
+    "quarantine": "8. Quarantine",
 }
 
 
@@ -279,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
                     cache_writers.run_section(
                         (20.0, 100.0), plan.cache_writer_seconds, scratch / "cache-writers", log
                     )
+                ),
+                results,
+            )
+        if "quarantine" in wanted:
+            timed(
+                "quarantine",
+                lambda: quarantine.report(
+                    quarantine.run_section(plan.quarantine_sizes, plan.repeats, scratch, log)
                 ),
                 results,
             )

@@ -355,6 +355,7 @@ class Daemon:
     def _write_summaries(self, expired: dict[Path, dict[str, int]]) -> None:
         """Each quarantine's summary for the exporter: what it holds now, the totals."""
         try:
+            self.quarantines.sync()
             for store in self.quarantines.all():
                 store.write_summary(restored={}, expired=expired.get(store.directory, {}))
         except (OSError, QuarantineError) as exc:

@@ -1,8 +1,10 @@
 """A quarantine's manifest: one JSON line per event, appended with ``O_APPEND`` and fsync.
 
 The manifest is the quarantine's memory of where each file came from. It is only ever
-appended to (one ``write`` per line, fsynced before the step it announces), and the state
-of the quarantine is the fold of its lines, in order:
+appended to, one ``write`` per line on an ``O_APPEND`` descriptor, written before the step
+it announces (so a killed process leaves its line in the page cache), and fsynced: each
+line, or (``sync_every``, what a sweep uses) at most a second apart and when the sweep
+ends. The state of the quarantine is the fold of its lines, in order:
 
 - ``add``: a file is about to be moved in (id, original path, rule, size, allocated bytes,
   mtime, owner, mode, device and inode, time). Written *before* the rename, so a file in
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -147,14 +150,19 @@ class Manifest:
     a new file: the reader notices (another inode) and reads it whole.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sync_every: float = 0.0) -> None:
         self.path = path
         self._fd: int | None = None
         self._ino: int | None = None
         self._offset = 0
         self._rest = b""
         self.fold = Fold({}, {})
-        self.fsync = True
+        #: 0: every line is fsynced before ``append`` returns. Else lines are fsynced at
+        #: most this many seconds apart and by ``sync()`` and ``close()`` (a group
+        #: commit: a sweep of many files is not one fsync per file).
+        self.sync_every = sync_every
+        self._synced_at = time.monotonic()
+        self._dirty = False
 
     def _current(self) -> int:
         """The descriptor of the file now at ``path`` (reopened after a compaction)."""
@@ -166,6 +174,7 @@ class Manifest:
                 same = False
             if same:
                 return fd
+            self.sync()
             os.close(fd)
             self._fd = None
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -188,19 +197,31 @@ class Manifest:
                     apply(self.fold, line)
         return self.fold
 
-    def append(self, record: dict[str, object]) -> None:
-        """One line, one ``write``, fsynced; folded in as if read back."""
-        self.read_new()
+    def append(self, record: dict[str, object], *, read: bool = True) -> None:
+        """One line, one ``write``, fsynced; folded in as if read back.
+
+        ``read=False``: the caller has just read the manifest under the lock (``read_new``),
+        so nobody can have appended since.
+        """
+        if read:
+            self.read_new()
         data = encode(record)
-        fd = self._current()
+        fd = self._fd if not read and self._fd is not None else self._current()
         written = os.write(fd, data)
         if written != len(data):  # a full disk mid-line: end it, so the next line parses
             os.write(fd, b"\n")
             raise OSError(f"short write to {self.path}")
-        if self.fsync:
-            os.fsync(fd)
+        self._dirty = True
+        if not self.sync_every or time.monotonic() - self._synced_at >= self.sync_every:
+            self.sync()
         self._offset += len(data)
-        apply(self.fold, data.rstrip(b"\n"))
+        if record.get("op") == "add" and isinstance(record.get("id"), str):
+            # What apply() would make of it, without parsing back the line just encoded.
+            fields = {k: v for k, v in record.items() if k != "op"}
+            self.fold.entries[str(record["id"])] = Entry(**fields)  # type: ignore[arg-type]
+            self.fold.lines += 1
+        else:
+            apply(self.fold, data.rstrip(b"\n"))
 
     def compact(self, now: float) -> None:
         """Rewrites the manifest with the live entries and the holds not yet over."""
@@ -229,8 +250,16 @@ class Manifest:
         self._current()
         self.read_new()
 
+    def sync(self) -> None:
+        """fsyncs what was appended, if anything."""
+        if self._dirty and self._fd is not None:
+            os.fsync(self._fd)
+        self._dirty = False
+        self._synced_at = time.monotonic()
+
     def close(self) -> None:
         if self._fd is not None:
+            self.sync()
             os.close(self._fd)
             self._fd = None
 

@@ -148,6 +148,7 @@ class Store:
         directory: Path,
         clock: Callable[[], float] = time.time,
         hooks: QuarantineHooks = NO_HOOKS,
+        sync_every: float = 0.0,
     ) -> None:
         self.directory = directory
         self.clock = clock
@@ -164,7 +165,7 @@ class Store:
         except BaseException:
             os.close(self.dir_fd)
             raise
-        self.manifest = Manifest(directory / "manifest.jsonl")
+        self.manifest = Manifest(directory / "manifest.jsonl", sync_every)
         self.orphans: list[str] = []
 
     @staticmethod
@@ -228,7 +229,7 @@ class Store:
                 st.st_ino,
                 round(now, 3),
             )
-            self.manifest.append({"op": "add", **entry.__dict__})
+            self.manifest.append({"op": "add", **entry.__dict__}, read=False)
             if self.hooks.after_record is not None:
                 self.hooks.after_record(qid)
             try:
@@ -377,10 +378,13 @@ class Quarantines:
         files: FilesConfig,
         clock: Callable[[], float] = time.time,
         hooks: QuarantineHooks = NO_HOOKS,
+        sync_every: float = 1.0,
     ) -> None:
         self.files = files
         self.clock = clock
         self.hooks = hooks
+        #: A sweep's group commit (see cleaner.manifest): its callers ``sync()`` after it.
+        self.sync_every = sync_every
         self.rules = configs(files)
         self._stores: dict[Path, Store] = {}
         self.restored: dict[str, int] = {}
@@ -388,7 +392,8 @@ class Quarantines:
     def store(self, directory: Path) -> Store:
         store = self._stores.get(directory)
         if store is None:
-            store = self._stores[directory] = Store(directory, self.clock, self.hooks)
+            store = Store(directory, self.clock, self.hooks, self.sync_every)
+            self._stores[directory] = store
             store.reconcile()
         return store
 
@@ -427,6 +432,11 @@ class Quarantines:
             store = self.store(directory)
             done[store] = store.expire(*self._setting(directory))
         return done
+
+    def sync(self) -> None:
+        """fsyncs every manifest's lines not yet synced."""
+        for store in self._stores.values():
+            store.manifest.sync()
 
     def close(self) -> None:
         for store in self._stores.values():

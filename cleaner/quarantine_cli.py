@@ -60,8 +60,9 @@ def add_parsers(sub: Any, duration: Callable[[str], float]) -> None:
     restore.add_argument("--dry-run", action="store_true", help="report, change nothing")
 
 
-def _open(config: Config) -> Quarantines | None:
-    quarantines = Quarantines(config.files)
+def _open(config: Config, sync_every: float = 0.0) -> Quarantines | None:
+    """The configuration's quarantines; each manifest line fsynced unless ``sync_every``."""
+    quarantines = Quarantines(config.files, sync_every=sync_every)
     if not quarantines.rules:
         print("limpeza-cleaner: no rule has a quarantine", file=sys.stderr)
         return None
@@ -232,7 +233,7 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    quarantines = _open(config)
+    quarantines = _open(config, sync_every=1.0)  # synced when closed
     if quarantines is None:
         return EXIT_USAGE
     total = 0

@@ -276,7 +276,6 @@ def test_compaction_keeps_live_entries_and_holds(tree: Tree) -> None:
     entries = sorted(store.entries().values(), key=lambda e: e.time)
     assert restore_entry(store, entries[0], to=None, hold_for=DAY).restored
     store.purge()  # all but the restored one expire
-    store.manifest.fsync = False
     store.close()
     store = Store(tree.root / "q", clock)
     store.reconcile()
