@@ -2,7 +2,8 @@
 
 It makes an uploads tree (old and fresh session, audio and final files, plus the users'
 originals) and an API job cache with ghosts in it, shows what a dry run would do, runs
-the cleaner for real, then starts the exporter and prints what Prometheus would scrape.
+the cleaner for real (the sessions rule quarantines its files; one session is restored),
+then starts the exporter and prints what Prometheus would scrape.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from cleaner.config import DEFAULTS
 from devtools.process import free_port, terminate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,13 +95,34 @@ def build(base: Path) -> Path:
                 "interval": "30s",
                 "state_file": str(base / "state" / "state.json"),
                 "audit_log": str(base / "log" / "audit.jsonl"),
-                "files": {"directories": [str(uploads)]},
+                "files": {"directories": [str(uploads)], "rules": _rules(base)},
                 "jobs": {"cache_file": str(cache)},
             },
             sort_keys=False,
         )
     )
     return config
+
+
+def _rules(base: Path) -> list[dict[str, object]]:
+    """The default rules; the sessions rule keeps what it takes in a quarantine for 7 days."""
+    quarantine = {"directory": str(base / "quarantine"), "retention": "7d", "max_bytes": "1GB"}
+    return [
+        {**rule, "quarantine": quarantine} if rule["name"] == "sessions" else dict(rule)
+        for rule in DEFAULTS["files"]["rules"]
+    ]
+
+
+def show_quarantine(config: Path, uploads: Path) -> None:
+    say("The sessions rule quarantined its file instead of deleting it")
+    cleaner(config, "quarantine", "list")
+    say("Someone needed session 4f1c after all: restore it")
+    cleaner(config, "restore", "--session", "4f1c")
+    path = uploads / "session_4f1c.json"
+    if not path.exists():
+        raise SystemExit("the restore did not put session_4f1c.json back")
+    age = time.time() - path.stat().st_mtime
+    print(f"back: {path.name}, its mtime kept ({age / HOUR:.1f} h old), held from the sweep")
 
 
 def listing(uploads: Path) -> list[str]:
@@ -148,6 +171,7 @@ def show_exporter(config: Path, base: Path) -> None:
             "limpeza_bytes_removed_total",
             "limpeza_jobs_reaped_total",
             "limpeza_directory_files",
+            "limpeza_quarantine_restored_total",
             "limpeza_filesystem_avail_bytes",
             "limpeza_last_success",
         )
@@ -344,6 +368,7 @@ def main() -> int:
         originals = {name for name in TREE if name.startswith("original_")}
         if not originals <= set(kept):
             raise SystemExit(f"an original was removed: {sorted(originals - set(kept))}")
+        show_quarantine(config, uploads)
         say("Status")
         cleaner(config, "status")
         show_exporter(config, base)
