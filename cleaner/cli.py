@@ -203,8 +203,12 @@ def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping
     """One cycle as the daemon runs it: the file sweep, then (unless a dry run) the jobs."""
     now = time.time()
     quarantines = None if args.dry_run else Quarantines(config.files)
+    delta = State()
     with AuditLog(None if args.dry_run else config.audit_log, time.time) as audit:
         try:
+            if quarantines is not None:  # as the daemon: expire the quarantines first
+                for store, gone in quarantines.expire().items():
+                    delta.merge_from(quarantine_cli.record_expired(audit, store, gone, now))
             result = sweep(
                 config.files,
                 now=now,
@@ -213,6 +217,9 @@ def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping
                 on_remove=_on_remove(audit, args),
                 quarantines=quarantines,
             )
+            if quarantines is not None:  # what they hold now, for the exporter
+                for store in quarantines.all():
+                    store.write_summary(restored={}, expired={})
         finally:
             if quarantines is not None:
                 quarantines.close()
@@ -227,7 +234,6 @@ def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping
         for source, reaped in (("cache", jobs.cache_reaped), ("database", jobs.database_reaped)):
             if reaped:
                 print(f"stale jobs reaped from the {source}: {summary(reaped)}")
-    delta = State()
     apply_sweep(delta, result)
     apply_jobs(delta, jobs)
     ended = time.time()

@@ -281,3 +281,15 @@ def test_check_config_refuses_a_quarantine_in_a_swept_directory(tree: Tree) -> N
     done = _cli(config, "check-config", str(config))
     assert done.returncode == 2
     assert "files.rules[0].quarantine.directory:" in done.stderr
+
+
+def test_once_expires_the_quarantine_as_the_daemon_does(tree: Tree) -> None:
+    config = _write(tree, retention="1s")
+    tree.file("session_a.json", age=2 * DAY, now=time.time())
+    assert _cli(config, "once").returncode == 0
+    assert len(_entries(config)) == 1
+    time.sleep(1.5)
+    assert _cli(config, "once").returncode == 0
+    assert _entries(config) == [] and os.listdir(tree.root / "q" / "files") == []
+    summary = json.loads((tree.root / "q" / "summary.json").read_text())
+    assert summary["expired"] == {"sessions": 1} and summary["rules"] == {}
