@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from cleaner import dsn as dsn_mod
 from cleaner.config import Config
 from cleaner.state import State, StateStore
 from exporter.collector import APPLICATION_NAME, LimpezaCollector
@@ -44,8 +45,34 @@ def exporter_config(jobs_db: JobsDatabase, tmp_path: Path, **exporter: Any) -> C
     )
 
 
+#: Families that describe the jobs table: they carry its identity, the ``table`` label.
+TABLE_FAMILIES = frozenset(
+    {
+        "limpeza_database_up",
+        "limpeza_jobs",
+        "limpeza_jobs_active",
+        "limpeza_jobs_stale",
+        "limpeza_jobs_oldest_age_seconds",
+    }
+)
+
+
+class TableRegistry(CollectorRegistry):
+    """A registry whose ``get_sample_value`` adds the table's label to the table's families."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__()
+        self.table = table
+
+    def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        if name in TABLE_FAMILIES:
+            labels = {**(labels or {}), "table": self.table}
+        return super().get_sample_value(name, labels)
+
+
 def collector_for(config: Config) -> tuple[CollectorRegistry, LimpezaCollector]:
-    registry = CollectorRegistry()
+    assert config.jobs.database is not None
+    registry = TableRegistry(config.jobs.database.name)
     collector = LimpezaCollector(config, version="test")
     registry.register(collector)
     return registry, collector
@@ -57,6 +84,13 @@ def test_known_table_gives_exact_counts(jobs_db: JobsDatabase, tmp_path: Path) -
     try:
         v = registry.get_sample_value
         assert v("limpeza_database_up") == 1
+        # The table's identity: where it is, never who connects (the DSN's user info).
+        config = exporter_config(jobs_db, tmp_path)
+        assert config.jobs.database is not None and config.jobs.database.dsn
+        secrets = dsn_mod.parse(config.jobs.database.dsn).secrets
+        table = registry.table  # type: ignore[attr-defined]
+        assert table.endswith("/jobs") and "@" not in table
+        assert secrets and not any(secret in table for secret in secrets)
         assert v("limpeza_jobs", {"status": "running"}) == 5
         assert v("limpeza_jobs", {"status": "queued"}) == 3
         assert v("limpeza_jobs_active") == 8
