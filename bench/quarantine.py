@@ -72,9 +72,14 @@ def _cleaner(config: Path, *args: str) -> Run:
 
 
 def run_section(
-    sizes: tuple[int, ...], repeats: int, scratch: Path, log: Callable[[str], None]
+    sizes: tuple[int, ...],
+    repeats: int,
+    scratch: Path,
+    log: Callable[[str], None],
+    partial: Callable[[list[Outcome]], None] | None = None,
 ) -> list[Outcome]:
-    outcomes = []
+    """Every size; ``partial`` gets what is measured so far after each one."""
+    outcomes: list[Outcome] = []
     for size in sizes:
         outcome = Outcome(size)
         # A million files take minutes per run: measured once.
@@ -96,6 +101,8 @@ def run_section(
                     assert os.listdir(workdir / "quarantine" / "files") == []
                 shutil.rmtree(workdir)
         outcomes.append(outcome)
+        if partial is not None:
+            partial(outcomes)
     return outcomes
 
 

@@ -295,10 +295,18 @@ def main(argv: list[str] | None = None) -> int:
                 results,
             )
         if "quarantine" in wanted:
+
+            def quarantine_partial(done: list[quarantine.Outcome]) -> None:
+                left = [f"{n:,}" for n in plan.quarantine_sizes[len(done) :]]
+                note = f"\n\nNot measured in this run: {', '.join(left)} files." if left else ""
+                results.add("quarantine", quarantine.report(done) + note)
+
             timed(
                 "quarantine",
                 lambda: quarantine.report(
-                    quarantine.run_section(plan.quarantine_sizes, plan.repeats, scratch, log)
+                    quarantine.run_section(
+                        plan.quarantine_sizes, plan.repeats, scratch, log, quarantine_partial
+                    )
                 ),
                 results,
             )
