@@ -263,8 +263,9 @@ def programs(tmp_path: Path) -> Iterator[Callable[..., Programs]]:
 
 def database_up(scrape: str) -> float | None:
     for line in scrape.splitlines():
-        if line.startswith("limpeza_database_up "):
-            return float(line.split()[1])
+        # With or without the table's identity label.
+        if line.startswith(("limpeza_database_up ", "limpeza_database_up{")):
+            return float(line.rsplit(" ", 1)[1])
     return None
 
 
