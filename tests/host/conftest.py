@@ -1,7 +1,8 @@
-"""The host tier: two booted Debian 12 targets, deployed with playbooks/deploy.yml.
+"""The host tier: a mixed fleet of booted targets, deployed with playbooks/deploy.yml.
 
-``limpeza-a`` and ``limpeza-b`` are application hosts sharing one jobs database (the suite's
-PostgreSQL on 127.0.0.1); ``limpeza-a`` is also the Prometheus host. The deployment is done
+``limpeza-a`` (Debian 12) and ``limpeza-b`` (Debian 13) are application hosts sharing one jobs
+database (the suite's PostgreSQL on 127.0.0.1), deployed in one play; ``limpeza-a`` is also
+the Prometheus host. The deployment is done
 once per session: first in check mode on the fresh hosts, then for real.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +28,8 @@ from devtools.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["limpeza-a", "limpeza-b"]
+#: Each target's Debian release: one play deploys both, each with its own Python.
+SUITES = {"limpeza-a": "bookworm", "limpeza-b": "trixie"}
 PROMETHEUS_HOST = "limpeza-a"
 UPLOADS = "/srv/app/uploads"
 BACKEND_UPLOADS = "/srv/app/backend/app/uploads"
@@ -66,6 +70,11 @@ class Deployment:
     prometheus_port: int
     fresh_check: PlaybookRun | None = None
     first_deploy: PlaybookRun | None = None
+    #: What the controller had after the fresh check: files in the cache directory, and
+    #: whether a file under the sources' build/ survived it (and then the first deploy).
+    cache_after_check: list[str] = field(default_factory=list)
+    sentinel_after_check: bool = False
+    sentinel_after_deploy: bool = False
 
     def playbook(self, name: str, *extra: str, timeout: float = 900) -> PlaybookRun:
         args = ["-i", str(self.inventory), str(REPO / "playbooks" / name), *extra]
@@ -172,8 +181,11 @@ def _write_inventory(
                             "error_message_column": "error_message",
                         },
                         "limpeza_cleaner_supplementary_groups": [APP_GROUP],
-                        "limpeza_source_dir": str(REPO),
-                        "limpeza_wheelhouse_dir": str(workdir / "wheelhouse"),
+                        # A snapshot of the sources, taken when the session starts: what is
+                        # deployed does not change under the tests while the checkout does.
+                        "limpeza_source_dir": str(workdir / "src"),
+                        # Everything the controller builds or fetches goes to the cache.
+                        "limpeza_cache_dir": str(workdir / "cache"),
                     },
                 },
                 "prometheus": {"hosts": {PROMETHEUS_HOST: {}}},
@@ -181,6 +193,31 @@ def _write_inventory(
         }
     }
     path.write_text(yaml.safe_dump(inventory, sort_keys=False), encoding="utf-8")
+
+
+#: What the roles build the limpeza wheel from.
+SOURCES = ("pyproject.toml", "README.md", "requirements.lock", "cleaner", "exporter")
+
+
+def snapshot_sources(dest: Path, version: str | None = None) -> Path:
+    """Copies the sources the wheel is built from; with ``version``, as that version."""
+    dest.mkdir(parents=True)
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(REPO / name, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(REPO / name, dest / name)
+    if version is not None:
+        for path, name in (
+            (dest / "pyproject.toml", "version"),
+            (dest / "cleaner" / "__init__.py", "__version__"),
+        ):
+            text = path.read_text(encoding="utf-8")
+            text, count = re.subn(f'(?m)^{name} = "[^"]+"', f'{name} = "{version}"', text)
+            assert count == 1, path
+            path.write_text(text, encoding="utf-8")
+    return dest
 
 
 @pytest.fixture(scope="session")
@@ -201,7 +238,7 @@ def deployment(
     exporter_ports = {name: free_port() for name in NAMES}
     prometheus_port = free_port()
     targets = boot_targets(
-        NAMES, host_ssh_key, nspawn_workdir, _prepare(exporter_ports, prometheus_port)
+        NAMES, host_ssh_key, nspawn_workdir, _prepare(exporter_ports, prometheus_port), SUITES
     )
     try:
         workdir = tmp_path_factory.mktemp("deploy")
@@ -213,8 +250,19 @@ def deployment(
         deployment = Deployment(
             by_name, inventory, workdir, shared_jobs_db, exporter_ports, prometheus_port
         )
+        snapshot_sources(workdir / "src")
+        # A file of the user's under the sources' build/: no run may touch it.
+        sentinel = workdir / "src" / "build" / "important.txt"
+        sentinel.parent.mkdir()
+        sentinel.write_text("keep me\n", encoding="utf-8")
+        cache = workdir / "cache"
         deployment.fresh_check = deployment.playbook("deploy.yml", "--check", "--diff")
+        deployment.cache_after_check = sorted(
+            str(p.relative_to(workdir)) for p in cache.rglob("*")
+        ) + ([str(cache)] if cache.exists() else [])
+        deployment.sentinel_after_check = sentinel.exists()
         deployment.first_deploy = deployment.playbook("deploy.yml")
+        deployment.sentinel_after_deploy = sentinel.exists()
         yield deployment
     finally:
         for target in targets:

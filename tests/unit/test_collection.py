@@ -96,7 +96,15 @@ def test_the_artifact_holds_roles_playbooks_and_sources_only(artifact: Path) -> 
         manifest = json.load(tar.extractfile("MANIFEST.json"))  # type: ignore[arg-type]
     assert manifest["collection_info"]["version"] == GALAXY["version"]
     tops = {name.split("/", 1)[0] for name in names}
-    for wanted in ("roles", "playbooks", "meta", "cleaner", "exporter", "pyproject.toml"):
+    for wanted in (
+        "roles",
+        "playbooks",
+        "meta",
+        "cleaner",
+        "exporter",
+        "pyproject.toml",
+        "requirements.lock",
+    ):
         assert wanted in tops, f"{wanted} missing from {artifact.name}"
     for role in ROLES:
         assert f"roles/{role}/tasks/main.yml" in names

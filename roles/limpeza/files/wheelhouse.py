@@ -1,0 +1,83 @@
+"""What the controller puts in its cache directory for limpeza, and nothing anywhere else.
+
+usage: wheelhouse.py wheel SOURCE_DIR WHEELS_DIR
+       wheelhouse.py dependencies LOCK_FILE DEST_DIR PYTHON_VERSION ARCH GLIBC_VERSION
+
+``wheel`` builds the limpeza wheel (pure Python) from a copy of SOURCE_DIR: setuptools
+writes build/ and *.egg-info into the tree it builds, and never prunes build/lib. The sources
+are only read. The wheel replaces the one of the same name in WHEELS_DIR; the wheels of other
+versions stay there, for a rollback. Its name is printed.
+
+``dependencies`` downloads the binary wheels of the pinned dependencies (LOCK_FILE, a
+requirements file of name==version lines) for one target: CPython PYTHON_VERSION on ARCH
+with the GNU C library GLIBC_VERSION, whatever Python and platform the controller runs. They
+are collected in a fresh directory renamed to DEST_DIR once complete, with the lock file
+beside them. pip's own cache is $PIP_CACHE_DIR (the role sets it inside the cache directory).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+#: What the wheel is made of (pyproject.toml names README.md as its readme).
+SOURCES = ("pyproject.toml", "README.md", "cleaner", "exporter")
+PIP = (sys.executable, "-m", "pip", "--quiet", "--disable-pip-version-check")
+
+
+def build_wheel(source: Path, wheels: Path) -> str:
+    wheels.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=wheels.parent) as tmp:
+        staged, built = Path(tmp) / "src", Path(tmp) / "out"
+        staged.mkdir()
+        for name in SOURCES:
+            if (source / name).is_dir():
+                ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+                shutil.copytree(source / name, staged / name, ignore=ignore)
+            else:
+                shutil.copy2(source / name, staged / name)
+        subprocess.run([*PIP, "wheel", "--no-deps", "--wheel-dir", str(built), str(staged)], check=True)
+        (wheel,) = built.glob("limpeza-*.whl")
+        wheel.replace(wheels / wheel.name)
+    return wheel.name
+
+
+def platforms(arch: str, glibc: str) -> list[str]:
+    """Every manylinux tag a system with that C library runs (pip does not infer them)."""
+    major, minor = (int(part) for part in glibc.split(".")[:2])
+    tags = [f"manylinux_{major}_{m}_{arch}" for m in range(minor, 4, -1)]
+    return [*tags, f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}", f"linux_{arch}"]
+
+
+def fetch_dependencies(lock: Path, dest: Path, python: str, arch: str, glibc: str) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    abi = "cp" + python.replace(".", "")
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=dest.parent) as tmp:
+        out = Path(tmp) / "out"
+        command = [*PIP, "download", "--only-binary=:all:", "--no-deps", "--implementation", "cp"]
+        command += ["--python-version", python, "--abi", abi, "--abi", "abi3", "--abi", "none"]
+        for platform in platforms(arch, glibc):
+            command += ["--platform", platform]
+        subprocess.run([*command, "--dest", str(out), "--requirement", str(lock)], check=True)
+        shutil.copy2(lock, out / "requirements.lock")
+        if dest.exists():
+            shutil.rmtree(dest)
+        out.rename(dest)
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:2] == ["wheel"] and len(argv) == 4:
+        print(build_wheel(Path(argv[2]), Path(argv[3])))
+        return 0
+    if argv[1:2] == ["dependencies"] and len(argv) == 7:
+        fetch_dependencies(Path(argv[2]), Path(argv[3]), argv[4], argv[5], argv[6])
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
