@@ -52,3 +52,7 @@ def test_status_prints_every_host(deployed: Deployment) -> None:
     assert set(run.recap) == set(deployed.targets), run.explain()
     assert sum(run.changed().values()) == 0
     assert run.output.count(UPLOADS) >= len(deployed.targets), run.explain()
+    # The wrapper it runs keeps the unit's directory modes.
+    for name, target in deployed.targets.items():
+        modes = target.ssh("stat -c %a /var/lib/limpeza /var/log/limpeza").stdout.split()
+        assert modes == ["750", "750"], name
