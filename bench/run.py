@@ -27,7 +27,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import cache_writers, expiry, footprint, idle, quarantine, reaping, scrape_load
+from bench import (
+    cache_writers,
+    expiry,
+    footprint,
+    idle,
+    profile,
+    quarantine,
+    reaping,
+    scrape_load,
+    trees,
+)
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = (
@@ -67,6 +77,17 @@ TITLES = {
     "scrape_load": "7. Concurrent scrapers",
     "quarantine": "8. Quarantine",
 }
+
+
+def profile_section(plan: Plan, scratch: Path) -> str:
+    """Where limpeza's CPU goes, on a flat tree of the section's middle size."""
+    size = plan.expiry_sizes[len(plan.expiry_sizes) // 2]
+    source = scratch / f"tree-profile-{size}"
+    tree = trees.generate(source, size, nested=False, now=time.time())
+    try:
+        return profile.profile(tree, scratch, log)
+    finally:
+        trees.remove(source)
 
 
 def machine() -> str:
@@ -258,13 +279,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 results.add("expiry", expiry.report(done) + note)
 
-            timed(
-                "expiry",
-                lambda: expiry.report(
-                    expiry.run_section(plan.expiry_sizes, plan.repeats, scratch, log, partial)
-                ),
-                results,
-            )
+            def expiry_section() -> str:
+                done = expiry.run_section(plan.expiry_sizes, plan.repeats, scratch, log, partial)
+                return expiry.report(done) + "\n\n" + profile_section(plan, scratch)
+
+            timed("expiry", expiry_section, results)
         if "scrape" in wanted:
             timed("scrape", lambda: scrape_section(args.quick, scratch), results)
         if "footprint" in wanted:
