@@ -181,3 +181,23 @@ def test_the_lock_file_pins_the_dependency_closure_and_nothing_else() -> None:
             if dependency.marker is None or dependency.marker.evaluate({"extra": ""}):
                 wanted.append(dependency)
     assert set(pins) == closure, f"pinned but not needed: {sorted(set(pins) - closure)}"
+
+
+def test_the_example_inventory_needs_the_vault_password_only_for_the_dsn(tmp_path: Path) -> None:
+    """The DSN is vaulted inline: reading any other variable asks for no vault password."""
+    inventory = REPO / "inventories" / "example"
+    env = {"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_LOCAL_TEMP": str(tmp_path)}
+    command = [str(BIN / "ansible"), "-i", str(inventory), "limpeza", "-c", "local", "-m"]
+    plain = subprocess.run(
+        [*command, "ansible.builtin.debug", "-a", "var=limpeza_jobs_database"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env}, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    secret = subprocess.run(
+        [*command, "ansible.builtin.debug", "-a", "msg={{ limpeza_database_url | length }}"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env}, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert secret.returncode != 0
+    assert "vault" in (secret.stdout + secret.stderr).lower(), secret.stdout + secret.stderr
