@@ -3,13 +3,13 @@
 Each size gets a flat directory of N expired ``session_*.json`` files (one byte each),
 made afresh for every contender and repeat. ``limpeza-cleaner once`` sweeps it with the
 rule unlinking, then with the rule quarantining (``quarantine: {directory, retention,
-max_bytes}`` on the same filesystem): a rename into the quarantine and one fsynced
-manifest line per file instead of an unlink. Then ``limpeza-cleaner quarantine purge
---yes`` empties the quarantine: per entry the unlink and the fsynced ``expire`` line the
-daemon's expiry makes (plus the audit of each), the cost of expiring it. Every run is a
-child process timed by ``bench.measure``; the files left are checked after each. Manifest
-lines are fsynced as a sweep does it (group commit: at most a second apart, and at the
-end), not one fsync per file.
+max_bytes}`` on the same filesystem): a rename into the quarantine and one manifest line
+per file instead of an unlink. Then ``limpeza-cleaner quarantine purge --yes`` empties the
+quarantine: per entry the unlink and the ``expire`` line the daemon's expiry makes (plus
+the audit of each), and the manifest compacted after, the cost of expiring it. Every run
+is a child process timed by ``bench.measure``; the files left are checked after each.
+Manifest lines are fsynced as a sweep does it (group commit: at most a second apart, and
+at the end, the quarantine's lock held in between), not one fsync per file.
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ def report(outcomes: list[Outcome]) -> str:
         "them, then the same rule with a quarantine on the same filesystem (a rename and "
         "one manifest line per file, fsynced at most a second apart and at the end), then "
         "`limpeza-cleaner quarantine purge --yes` emptying that quarantine (per entry the "
-        "unlink and the `expire` line the daemon's expiry makes, and its audit line). The "
+        "unlink and the `expire` line the daemon's expiry makes, and its audit line; the "
+        "manifest streamed, then compacted). The "
         "audit log is on in all three. A fresh directory per run; medians of the repeats "
         "(one run at 1,000,000).\n\n" + table(header, rows)
     )

@@ -11,11 +11,19 @@ ends. The state of the quarantine is the fold of its lines, in order:
   the quarantine always has its line; a crash between the two leaves a line without a
   file, which reconciliation drops (the file never left its directory).
 - ``restore``: the file went back (to ``to``); it is then held from the sweep for a while
-  (``Hold``), so a restored file is not taken again at the next sweep.
+  (a ``Hold``: its device, inode and mtime are on the line), so a restored file is not
+  taken again at the next sweep.
 - ``expire``: the file was unlinked (``reason``: retention, max_bytes or purge).
 - ``drop``: reconciliation found no file for the entry.
 
-A line that does not parse (a disk error, an editor) is skipped and counted, never fatal.
+The lines that end an entry carry its ``rule`` and ``allocated`` bytes, so what each rule
+holds is kept up to date from the new lines alone. A line that does not parse (a disk
+error, an editor) is skipped and counted, never fatal.
+
+Nothing holds the entries in memory: a ``Scan`` streams the file twice (the ids of the
+lines that end an entry, then the ``add`` lines not ended), so memory is bounded by the
+lines that ended an entry since the last compaction, not by what the quarantine holds.
+The ``add`` lines are in the order the files were quarantined, oldest first.
 ``compact`` rewrites the file with only the live entries and the holds (temporary file,
 fsync, rename), under the quarantine's lock.
 """
@@ -27,8 +35,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -37,9 +46,13 @@ log = logging.getLogger(__name__)
 #: given to ``restore`` is refused before the disk is touched.
 ID_RE = re.compile(r"^[0-9a-f]{8,12}-[0-9a-f]{12}$")
 OPS = ("add", "restore", "expire", "drop")
+#: An ``add`` line as ``encode`` writes it (sorted keys): found without parsing it.
+_ADD = b'"op": "add"'
+_ID = b'"id": "'
+_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One file in the quarantine, as its ``add`` line describes it."""
 
@@ -61,7 +74,7 @@ class Entry:
         return os.path.basename(self.path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hold:
     """A restored file (its device, inode and mtime) the sweep leaves alone until ``until``."""
 
@@ -72,13 +85,12 @@ class Hold:
 
 
 @dataclass
-class Fold:
-    """What the manifest's lines add up to."""
+class RuleTally:
+    """What one rule holds: files, allocated bytes, and the oldest time quarantined."""
 
-    entries: dict[str, Entry]
-    holds: dict[tuple[int, int], Hold]
-    lines: int = 0
-    bad_lines: int = 0
+    files: int = 0
+    bytes: int = 0
+    oldest: float = float("inf")
 
 
 def _entry(raw: dict[str, object]) -> Entry | None:
@@ -111,43 +123,186 @@ def encode(record: dict[str, object]) -> bytes:
     return (json.dumps(record, ensure_ascii=True, sort_keys=True) + "\n").encode("ascii")
 
 
-def apply(fold: Fold, line: bytes) -> None:
-    """Folds one line in; a line that does not parse is counted in ``bad_lines``."""
-    fold.lines += 1
+def encode_add(entry: Entry) -> bytes:
+    """``encode(add_record(entry))``, byte for byte."""
+    return add_line(
+        entry.id,
+        entry.path,
+        entry.rule,
+        entry.size,
+        entry.allocated,
+        entry.mtime_ns,
+        entry.uid,
+        entry.gid,
+        entry.mode,
+        entry.dev,
+        entry.ino,
+        entry.time,
+    )
+
+
+def add_line(
+    qid: str,
+    path: str,
+    rule: str,
+    size: int,
+    allocated: int,
+    mtime_ns: int,
+    uid: int,
+    gid: int,
+    mode: int,
+    dev: int,
+    ino: int,
+    when: float,
+) -> bytes:
+    """The ``add`` line of these fields as ``encode`` writes it, without the generic
+    encoder nor an ``Entry``: a sweep writes one per file."""
+    return (
+        f'{{"allocated": {allocated}, "dev": {dev}, "gid": {gid}, "id": "{qid}", '
+        f'"ino": {ino}, "mode": {mode}, "mtime_ns": {mtime_ns}, "op": "add", '
+        f'"path": {encode_basestring_ascii(path)}, "rule": {encode_basestring_ascii(rule)}, '
+        f'"size": {size}, "time": {float(when)!r}, "uid": {uid}}}\n'
+    ).encode("ascii")
+
+
+def ending(op: str, entry: Entry, now: float, **extra: object) -> dict[str, object]:
+    """A line that ends ``entry`` (restore, expire, drop), with its rule and bytes."""
+    return {
+        "op": op,
+        "id": entry.id,
+        "time": now,
+        "rule": entry.rule,
+        "allocated": entry.allocated,
+        **extra,
+    }
+
+
+def _parse(line: bytes) -> dict[str, object] | None:
     try:
         raw = json.loads(line)
     except (ValueError, RecursionError):
-        fold.bad_lines += 1
-        return
-    op = raw.get("op") if isinstance(raw, dict) else None
-    if op == "add":
-        entry = _entry(raw)
-        if entry is None:
-            fold.bad_lines += 1
-            return
-        fold.entries[entry.id] = entry
-        return
-    if op not in OPS or not isinstance(raw.get("id"), str):
-        fold.bad_lines += 1
-        return
-    gone = fold.entries.pop(raw["id"], None)
-    until = raw.get("hold_until")
-    if op == "restore" and gone is not None and isinstance(until, int | float):
-        fold.holds[(gone.dev, gone.ino)] = Hold(gone.dev, gone.ino, gone.mtime_ns, until)
-    elif op == "restore" and isinstance(raw.get("hold"), list):  # a compacted hold
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _hold(raw: dict[str, object]) -> Hold | None:
+    """The hold a ``restore`` line carries itself (``hold``: device, inode, mtime)."""
+    until, held = raw.get("hold_until"), raw.get("hold")
+    if not isinstance(until, int | float) or not isinstance(held, list):
+        return None
+    try:
+        dev, ino, mtime_ns = (int(v) for v in held)
+    except (TypeError, ValueError):
+        return None
+    return Hold(dev, ino, mtime_ns, float(until))
+
+
+def _lines(fd: int, start: int, end: int) -> Iterator[tuple[bytes, int]]:
+    """The whole lines between ``start`` and ``end``, each with the offset after it."""
+    offset, rest = start, b""
+    while offset < end:
+        chunk = os.pread(fd, min(_CHUNK, end - offset), offset)
+        if not chunk:
+            break
+        after = offset - len(rest)  # the offset of rest's first byte
+        offset += len(chunk)
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        for part in parts:
+            after += len(part) + 1
+            if part.strip():
+                yield part, after
+
+
+@dataclass
+class Scan:
+    """One read of the manifest up to ``end``: the ids of the lines that ended an entry
+    (first pass), then ``entries()`` streams the ``add`` lines not ended, in order, as
+    often as asked. It reads through a descriptor of its own: a compaction meanwhile
+    leaves it reading the file it began with."""
+
+    fd: int
+    end: int
+    ended: dict[str, float | None] = field(default_factory=dict)
+    holds: dict[tuple[int, int], Hold] = field(default_factory=dict)
+    lines: int = 0
+    bad_lines: int = 0
+    live: int = 0
+
+    def __enter__(self) -> Scan:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    @classmethod
+    def read(cls, fd: int) -> Scan:
+        """The first pass over the file ``fd`` (which the Scan then owns and closes)."""
+        scan = cls(fd, 0)
         try:
-            dev, ino, mtime_ns = (int(v) for v in raw["hold"])
-            fold.holds[(dev, ino)] = Hold(dev, ino, mtime_ns, float(until))
-        except (TypeError, ValueError):
-            fold.bad_lines += 1
+            end = os.fstat(fd).st_size
+            for line, after in _lines(fd, 0, end):
+                scan.end = after
+                scan.lines += 1
+                if _ADD in line:
+                    continue
+                raw = _parse(line)
+                qid = None if raw is None else raw.get("id")
+                if raw is None or raw.get("op") not in OPS or not isinstance(qid, str):
+                    scan.bad_lines += 1
+                    continue
+                hold = _hold(raw) if raw["op"] == "restore" else None
+                if hold is not None:
+                    scan.holds[(hold.dev, hold.ino)] = hold
+                if qid == "-":  # a compacted hold
+                    continue
+                # A restore line of old has no hold: its add line gives it (entries()).
+                until = raw.get("hold_until") if raw["op"] == "restore" and hold is None else None
+                scan.ended[qid] = float(until) if isinstance(until, int | float) else None
+        except BaseException:
+            scan.close()
+            raise
+        return scan
+
+    def entries(self) -> Iterator[Entry]:
+        """The live entries, oldest first (the order they were quarantined)."""
+        self.live = 0
+        ended = self.ended
+        for line, _ in _lines(self.fd, 0, self.end):
+            if _ADD not in line:
+                continue
+            if ended:  # an ended entry is skipped without parsing its line
+                at = line.find(_ID) + len(_ID)
+                qid = line[at : line.find(b'"', at)].decode("ascii", "replace")
+                if qid in ended and ended[qid] is None:
+                    continue
+            raw = _parse(line)
+            entry = None if raw is None else _entry(raw)
+            if entry is None:
+                continue
+            if entry.id in self.ended:
+                until = self.ended[entry.id]
+                if until is not None:  # a restore line of old, without its hold
+                    self.holds[(entry.dev, entry.ino)] = Hold(
+                        entry.dev, entry.ino, entry.mtime_ns, until
+                    )
+                continue
+            self.live += 1
+            yield entry
 
 
 class Manifest:
-    """The manifest file: appends with fsync, reads what was appended since the last read.
+    """The manifest file: appends, group-committed fsyncs, and what the lines add up to.
 
-    ``read_new`` keeps an offset, so a long-lived reader (the daemon) only reads the lines
-    others (a restore, a purge) appended since. A manifest compacted by another process is
-    a new file: the reader notices (another inode) and reads it whole.
+    Kept between reads (bounded: per rule, and the holds): the holds, what each rule holds
+    (``tally``) and the offset read up to, so a long-lived reader (the daemon) only reads
+    the lines others (a restore, a purge) appended since. A manifest compacted by another
+    process is a new file: the reader notices (another inode) and scans it whole.
     """
 
     def __init__(self, path: Path, sync_every: float = 0.0) -> None:
@@ -155,8 +310,12 @@ class Manifest:
         self._fd: int | None = None
         self._ino: int | None = None
         self._offset = 0
-        self._rest = b""
-        self.fold = Fold({}, {})
+        self.holds: dict[tuple[int, int], Hold] = {}
+        #: Per rule, from the lines read; None when a line could not be counted
+        #: incrementally (a line of old without its rule), so the next read scans.
+        self.tally: dict[str, RuleTally] | None = None
+        self.lines = 0
+        self.live = 0
         #: 0: every line is fsynced before ``append`` returns. Else lines are fsynced at
         #: most this many seconds apart and by ``sync()`` and ``close()`` (a group
         #: commit: a sweep of many files is not one fsync per file).
@@ -179,60 +338,148 @@ class Manifest:
             self._fd = None
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._fd, self._ino = fd, os.fstat(fd).st_ino
-        self._offset, self._rest, self.fold = 0, b"", Fold({}, {})
+        self._offset, self.tally = 0, None
         return fd
 
-    def read_new(self) -> Fold:
-        """Folds the lines appended since the last read (all of them the first time)."""
+    def scan(self) -> Scan:
+        """A streaming read of the whole file as it is now (call under the lock); a
+        context manager that closes its own descriptor."""
+        return Scan.read(os.dup(self._current()))
+
+    def refresh(self) -> None:
+        """Brings the holds and the tally up to the end of the file (under the lock)."""
         fd = self._current()
-        while True:
-            chunk = os.pread(fd, 1 << 20, self._offset)
-            if not chunk:
-                break
-            self._offset += len(chunk)
-            lines = (self._rest + chunk).split(b"\n")
-            self._rest = lines.pop()
-            for line in lines:
-                if line.strip():
-                    apply(self.fold, line)
-        return self.fold
+        if self.tally is not None:
+            for line, after in _lines(fd, self._offset, os.fstat(fd).st_size):
+                self._offset = after
+                self._count(line)
+        if self.tally is None:
+            self.rescan()
 
-    def append(self, record: dict[str, object], *, read: bool = True) -> None:
-        """One line, one ``write``, fsynced; folded in as if read back.
+    def rescan(self, visit: Callable[[Entry], None] | None = None) -> None:
+        """Reads the whole file again (under the lock): holds, tally, and each live entry
+        given to ``visit``, which must not write to the manifest."""
+        tally: dict[str, RuleTally] = {}
+        with self.scan() as scan:
+            for entry in scan.entries():
+                counts = tally.setdefault(entry.rule, RuleTally())
+                counts.files += 1
+                counts.bytes += entry.allocated
+                counts.oldest = min(counts.oldest, entry.time)
+                if visit is not None:
+                    visit(entry)
+            self.holds, self.tally = scan.holds, tally
+            self._offset, self.lines, self.live = scan.end, scan.lines, scan.live
 
-        ``read=False``: the caller has just read the manifest under the lock (``read_new``),
-        so nobody can have appended since.
-        """
-        if read:
-            self.read_new()
-        data = encode(record)
-        fd = self._fd if not read and self._fd is not None else self._current()
+    def _count(self, line: bytes) -> None:
+        """Folds one new line into the tally and the holds."""
+        self.lines += 1
+        raw = _parse(line)
+        if raw is None or self.tally is None:
+            return
+        op, rule = raw.get("op"), raw.get("rule")
+        if op == "add":
+            entry = _entry(raw)
+            if entry is not None:
+                counts = self.tally.setdefault(entry.rule, RuleTally())
+                counts.files += 1
+                counts.bytes += entry.allocated
+                counts.oldest = min(counts.oldest, entry.time)
+                self.live += 1
+            return
+        hold = _hold(raw) if op == "restore" else None
+        if hold is not None:
+            self.holds[(hold.dev, hold.ino)] = hold
+        if raw.get("id") == "-" or op not in OPS:
+            return
+        allocated = raw.get("allocated")
+        if not isinstance(rule, str) or not isinstance(allocated, int):
+            self.tally = None  # a line of old: the next refresh scans
+            return
+        counts = self.tally.setdefault(rule, RuleTally())
+        counts.files -= 1
+        counts.bytes -= allocated
+        self.live -= 1
+        if op == "restore" and hold is None:
+            self.tally = None  # an old restore line: its hold needs its add line
+
+    def write(self, data: bytes) -> None:
+        """One line, one ``write`` (under the lock, after ``refresh``); fsynced now or
+        within ``sync_every``."""
+        fd = self._fd if self._fd is not None else self._current()
         written = os.write(fd, data)
         if written != len(data):  # a full disk mid-line: end it, so the next line parses
             os.write(fd, b"\n")
             raise OSError(f"short write to {self.path}")
+        self._offset += len(data)
         self._dirty = True
         if not self.sync_every or time.monotonic() - self._synced_at >= self.sync_every:
             self.sync()
-        self._offset += len(data)
-        if record.get("op") == "add" and isinstance(record.get("id"), str):
-            # What apply() would make of it, without parsing back the line just encoded.
-            fields = {k: v for k, v in record.items() if k != "op"}
-            self.fold.entries[str(record["id"])] = Entry(**fields)  # type: ignore[arg-type]
-            self.fold.lines += 1
-        else:
-            apply(self.fold, data.rstrip(b"\n"))
+
+    def add(self, line: bytes, rule: str, allocated: int, when: float) -> None:
+        """An ``add`` line (``add_line``), counted without reading it back."""
+        self.write(line)
+        self.lines += 1
+        if self.tally is not None:
+            counts = self.tally.get(rule)
+            if counts is None:
+                counts = self.tally[rule] = RuleTally()
+            counts.files += 1
+            counts.bytes += allocated
+            if when < counts.oldest:
+                counts.oldest = when
+            self.live += 1
+
+    def end(self, op: str, entry: Entry, now: float, **extra: object) -> None:
+        """A line that ends ``entry`` (``ending``), counted without reading it back."""
+        self.write(encode(ending(op, entry, now, **extra)))
+        self.lines += 1
+        if self.tally is not None:
+            counts = self.tally.setdefault(entry.rule, RuleTally())
+            counts.files -= 1
+            counts.bytes -= entry.allocated
+            self.live -= 1
+        hold = extra.get("hold")
+        until = extra.get("hold_until")
+        if op == "restore" and isinstance(hold, list) and isinstance(until, int | float):
+            self.holds[(entry.dev, entry.ino)] = Hold(entry.dev, entry.ino, entry.mtime_ns, until)
+
+    def append(self, record: dict[str, object]) -> None:
+        """Any other line; counted as if read back."""
+        data = encode(record)
+        self.write(data)
+        self._count(data.rstrip(b"\n"))
 
     def compact(self, now: float) -> None:
         """Rewrites the manifest with the live entries and the holds not yet over."""
-        fold = self.read_new()
+        self.refresh()
+        with self.scan() as scan:
+            written = self._rewrite(scan, now)
+        os.replace(self.path.with_name(self.path.name + ".tmp"), self.path)
+        # The same entries: the tally holds; only the file and its counts of lines change.
+        tally, holds = self.tally, {k: h for k, h in self.holds.items() if h.until > now}
+        self._current()
+        assert self._fd is not None
+        self._offset, self.lines = os.fstat(self._fd).st_size, written
+        self.tally, self.holds = tally, holds
+
+    def _rewrite(self, scan: Scan, now: float) -> int:
+        """Writes the temporary file; returns its number of lines."""
+        written = 0
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            parts = [encode(add_record(e)) for e in fold.entries.values()]
-            for hold in fold.holds.values():
+            batch: list[bytes] = []
+            for entry in scan.entries():
+                written += 1
+                batch.append(encode_add(entry))
+                if len(batch) >= 4096:
+                    _write_all(fd, b"".join(batch))
+                    batch.clear()
+            for hold in scan.holds.values():
                 if hold.until > now:
-                    parts.append(
+                    written += 1
+                    batch.append(
                         encode(
                             {
                                 "op": "restore",
@@ -242,13 +489,11 @@ class Manifest:
                             }
                         )
                     )
-            os.write(fd, b"".join(parts))
+            _write_all(fd, b"".join(batch))
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, self.path)
-        self._current()
-        self.read_new()
+        return written
 
     def sync(self) -> None:
         """fsyncs what was appended, if anything."""
@@ -257,11 +502,21 @@ class Manifest:
         self._dirty = False
         self._synced_at = time.monotonic()
 
+    def due(self) -> bool:
+        """Whether the group commit's time is up (``sync_every`` since the last fsync)."""
+        return time.monotonic() - self._synced_at >= self.sync_every
+
     def close(self) -> None:
         if self._fd is not None:
             self.sync()
             os.close(self._fd)
             self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def lines(path: Path) -> Iterator[bytes]:

@@ -12,7 +12,7 @@ others, is refused), holds ``manifest.jsonl`` (``cleaner.manifest``), ``lock`` (
 ``flock`` every writer takes: the daemon, ``restore``, ``quarantine purge``) and
 ``summary.json`` (files and bytes per rule, restored and expired totals, for the exporter).
 
-A crash loses nothing: the manifest line is fsynced before the rename, so ``reconcile``
+A crash loses nothing: the manifest line is written before the rename, so ``reconcile``
 (at the daemon's start and in every command) only ever finds an entry whose file is gone
 (dropped: the file never left, or was restored or expired right before the crash) or a
 file without an entry (not limpeza's doing: listed as orphaned and kept).
@@ -20,6 +20,13 @@ file without an entry (not limpeza's doing: listed as orphaned and kept).
 ``expire`` unlinks entries older than their rule's ``retention``, then the oldest of a
 rule over its ``max_bytes``; it returns what it did, and the caller audits and counts it.
 Restoring is ``cleaner.restore``.
+
+A sweep moves many files: it takes the lock at its first file and keeps it for its group
+commit (``sync_every``, a second), then fsyncs and lets it go, so a ``restore`` waits at
+most that long; one ``write`` and one rename per file, nothing read back. Nothing holds
+the entries in memory (``cleaner.manifest``): what each rule holds is counted from the
+lines as they are written, and expiry, listing, restore and reconciliation stream the
+manifest.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import fcntl
 import json
 import logging
 import os
-import secrets
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from cleaner.config_types import FilesConfig, QuarantineConfig, Rule
-from cleaner.manifest import Entry, Fold, Manifest
+from cleaner.manifest import Entry, Manifest, RuleTally, add_line
 from cleaner.state import write_json_atomic
 from cleaner.sweep_result import Removal
 
@@ -47,12 +54,23 @@ log = logging.getLogger(__name__)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 RENAME_NOREPLACE = 1
-#: Compact the manifest at reconciliation when it holds this many dead lines and more
-#: dead lines than live ones.
+#: Compact the manifest (at reconciliation, after expiry and purge) when it holds this
+#: many dead lines and more dead lines than live ones, or ``COMPACT_ALWAYS`` dead lines:
+#: a read of the manifest holds the ids of its dead lines.
 COMPACT_AFTER = 1000
+COMPACT_ALWAYS = 50_000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
+if _renameat2 is not None:
+    _renameat2.argtypes = (
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    )
+    _renameat2.restype = ctypes.c_int
 
 
 def rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
@@ -71,9 +89,11 @@ def rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
     os.unlink(src, dir_fd=src_dir)
 
 
-def new_id(now: float) -> str:
-    """Collision-free in practice (48 random bits per second), and sorted by time."""
-    return f"{int(now):08x}-{secrets.token_hex(6)}"
+def new_id(now: float, bits: random.Random) -> str:
+    """Collision-free in practice (48 random bits per second), and sorted by time. The
+    bits need not be secret (the quarantine is limpeza's alone), only unlikely to repeat:
+    a generator seeded from ``os.urandom`` per store, not a system call per file."""
+    return f"{int(now):08x}-{bits.getrandbits(48):012x}"
 
 
 @dataclass(frozen=True)
@@ -167,6 +187,9 @@ class Store:
             raise
         self.manifest = Manifest(directory / "manifest.jsonl", sync_every)
         self.orphans: list[str] = []
+        self._bits = random.Random(os.urandom(16))  # noqa: S311 (ids, not secrets)
+        #: Since when a sweep has held the lock (monotonic), or None.
+        self._batch: float | None = None
 
     @staticmethod
     def _open_dir(path: Path) -> int:
@@ -183,26 +206,57 @@ class Store:
         return fd
 
     def close(self) -> None:
+        self.sync()
         self.manifest.close()
         for fd in (self._lock_fd, self.files_fd, self.dir_fd):
             os.close(fd)
 
+    def sync(self) -> None:
+        """Ends a sweep's group commit: fsyncs its lines and lets the lock go."""
+        self.manifest.sync()
+        if self._batch is not None:
+            self._batch = None
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
     @contextlib.contextmanager
-    def locked(self) -> Iterator[Fold]:
-        """Holds the quarantine's lock; yields the manifest's fold, read up to now."""
+    def locked(self, read: bool = True) -> Iterator[None]:
+        """Holds the quarantine's lock, the manifest read up to now (holds, tally) unless
+        ``read`` is False."""
+        self.sync()
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            yield self.manifest.read_new()
+            if read:
+                self.manifest.refresh()
+            yield
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
+    def each(self) -> Iterator[Entry]:
+        """The entries, oldest first, streamed from the manifest as it was when called:
+        nothing else is held in memory. The lock is not held while they are read."""
+        with self.locked():
+            scan = self.manifest.scan()
+        with scan:
+            yield from scan.entries()
+
     def entries(self) -> dict[str, Entry]:
-        with self.locked() as fold:
-            return dict(fold.entries)
+        """Every entry by id, in memory (for tests and small quarantines)."""
+        return {entry.id: entry for entry in self.each()}
+
+    def holds_file(self, qid: str) -> bool:
+        """Whether ``files/ID`` is there (it is, from the rename in to the one out)."""
+        try:
+            os.stat(qid, dir_fd=self.files_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
 
     def held(self, st: os.stat_result, now: float) -> bool:
         """Whether this file was restored lately and is to be left alone (a Hold)."""
-        hold = self.manifest.fold.holds.get((st.st_dev, st.st_ino))
+        holds = self.manifest.holds
+        if not holds:
+            return False
+        hold = holds.get((st.st_dev, st.st_ino))
         return hold is not None and hold.mtime_ns == st.st_mtime_ns and now < hold.until
 
     # -- moving a file in ----------------------------------------------------------------
@@ -210,51 +264,80 @@ class Store:
     def put(self, dir_fd: int, name: str, path: str, rule: str, st: os.stat_result) -> str:
         """Moves ``name`` (in ``dir_fd``, examined as ``st``) in; returns its id.
 
-        The ``add`` line is fsynced first; a failed rename is then recorded as a ``drop``.
+        The ``add`` line is written first (fsynced with ``sync_every`` 0, else by the group
+        commit); a failed rename is then recorded as a ``drop``. The lock is taken at the
+        first file and held until ``sync_every`` is over (then fsync, unlock) or ``sync()``.
         """
-        with self.locked():
+        started = self._batch
+        if started is None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._batch = started = time.monotonic()
+            try:
+                self.manifest.refresh()
+            except BaseException:
+                self.sync()
+                raise
+        try:
             now = self.clock()
-            qid = new_id(now)
-            entry = Entry(
-                qid,
-                path,
+            qid = new_id(now, self._bits)
+            allocated = st.st_blocks * 512
+            when = round(now, 3)
+            mode = st.st_mode & 0o7777
+            fields = (st.st_size, allocated, st.st_mtime_ns, st.st_uid, st.st_gid, mode)
+            self.manifest.add(
+                add_line(qid, path, rule, *fields, st.st_dev, st.st_ino, when),
                 rule,
-                st.st_size,
-                st.st_blocks * 512,
-                st.st_mtime_ns,
-                st.st_uid,
-                st.st_gid,
-                st.st_mode & 0o7777,
-                st.st_dev,
-                st.st_ino,
-                round(now, 3),
+                allocated,
+                when,
             )
-            self.manifest.append({"op": "add", **entry.__dict__}, read=False)
             if self.hooks.after_record is not None:
                 self.hooks.after_record(qid)
             try:
                 rename_noreplace(dir_fd, name, self.files_fd, qid)
             except OSError:
+                entry = Entry(qid, path, rule, *fields, st.st_dev, st.st_ino, when)
                 with contextlib.suppress(OSError):
-                    self.manifest.append({"op": "drop", "id": qid, "time": now})
+                    self.manifest.end("drop", entry, now)
                 raise
             return qid
+        finally:
+            if not self.manifest.sync_every or (
+                time.monotonic() - started >= self.manifest.sync_every
+            ):
+                self.sync()
 
     # -- reconciliation, expiry, purge ----------------------------------------------------
 
     def reconcile(self) -> Reconciled:
-        """Drops entries without a file, lists files without an entry (kept), compacts."""
+        """Drops entries without a file, lists files without an entry (kept), compacts.
+
+        Streams the manifest and looks for each entry's file; the directory is only read
+        into memory when it holds more files than the entries that have theirs (orphans).
+        """
         done = Reconciled()
-        with self.locked() as fold:
-            present = set(os.listdir(self.files_fd))
+        missing: list[Entry] = []
+        found = 0
+
+        def look(entry: Entry) -> None:
+            nonlocal found
+            if self.holds_file(entry.id):
+                found += 1
+            else:
+                missing.append(entry)
+
+        with self.locked(read=False):  # one read of the manifest: this one
+            self.manifest.rescan(look)
             now = self.clock()
-            for qid in [q for q in fold.entries if q not in present]:
-                self.manifest.append({"op": "drop", "id": qid, "time": now})
-                done.dropped.append(qid)
-            done.orphans = sorted(present - set(fold.entries))
-            dead = fold.lines - len(fold.entries)
-            if dead >= COMPACT_AFTER and dead > len(fold.entries):
-                self.manifest.compact(now)
+            for entry in missing:
+                self.manifest.end("drop", entry, now)
+                done.dropped.append(entry.id)
+            with os.scandir(self.files_fd) as names:
+                present = sum(1 for _ in names)
+            if present > found:
+                with self.manifest.scan() as scan:
+                    live = {entry.id for entry in scan.entries()}
+                done.orphans = sorted(n for n in os.listdir(self.files_fd) if n not in live)
+            self._compact_if_dead(now)
         self.orphans = done.orphans
         for qid in done.dropped:
             log.info(
@@ -270,68 +353,109 @@ class Store:
             )
         return done
 
+    def _compact_if_dead(self, now: float) -> None:
+        """Compacts the manifest when its dead lines are many (under the lock)."""
+        manifest = self.manifest
+        manifest.refresh()
+        dead = manifest.lines - manifest.live
+        if dead >= COMPACT_AFTER and (dead > manifest.live or dead >= COMPACT_ALWAYS):
+            manifest.compact(now)
+
     def _unlink(self, entry: Entry, reason: str) -> Expired | None:
         try:
             st = os.stat(entry.id, dir_fd=self.files_fd, follow_symlinks=False)
             os.unlink(entry.id, dir_fd=self.files_fd)
         except FileNotFoundError:
             st = None
-        self.manifest.append(
-            {"op": "expire", "id": entry.id, "time": self.clock(), "reason": reason}
-        )
+        self.manifest.end("expire", entry, self.clock(), reason=reason)
         if st is None:
             return None
         return Expired(entry, reason, st.st_blocks * 512 if st.st_nlink == 1 else 0)
 
     def expire(
-        self, retention: Callable[[str], float], max_bytes: Callable[[str], int]
+        self,
+        retention: Callable[[str], float],
+        max_bytes: Callable[[str], int],
+        on_expired: Callable[[Expired], None] | None = None,
     ) -> list[Expired]:
         """Unlinks the entries past their rule's retention, then the oldest of each rule over
-        its max_bytes (0: no limit); returns them."""
+        its max_bytes (0: no limit); returns them (or gives each to ``on_expired`` and
+        returns none, so that nothing grows with what goes).
+
+        The manifest is not read when no rule's oldest entry is past its retention and no
+        rule is over its max_bytes (counted as lines are written). Otherwise it is streamed
+        oldest first (the order files were quarantined) and the read stops at the first
+        entry younger than every retention once no rule is over its max_bytes.
+        """
         done: list[Expired] = []
-        with self.locked() as fold:
+        keep = done.append if on_expired is None else on_expired
+        with self.locked():
             now = self.clock()
-            for entry in sorted(fold.entries.values(), key=lambda e: e.time):
-                if now - entry.time >= retention(entry.rule):
-                    gone = self._unlink(entry, "retention")
+            tally = self.manifest.tally or {}
+            over = {r for r, t in tally.items() if max_bytes(r) and t.bytes > max_bytes(r)}
+            due = [r for r, t in tally.items() if t.files and now - t.oldest >= retention(r)]
+            if not over and not due:
+                return done
+            youngest = min((retention(r) for r in tally), default=0.0)
+            with self.manifest.scan() as scan:
+                # Over max_bytes: what each such rule keeps once retention has been applied.
+                kept = dict.fromkeys(over, 0)
+                if over:
+                    for entry in scan.entries():
+                        if entry.rule in kept and now - entry.time < retention(entry.rule):
+                            kept[entry.rule] += entry.allocated
+                oldest: dict[str, float] = {}
+                whole = True
+                for entry in scan.entries():
+                    rule = entry.rule
+                    if now - entry.time >= retention(rule):
+                        reason = "retention"
+                    elif rule in kept and kept[rule] > max_bytes(rule):
+                        reason = "max_bytes"
+                        kept[rule] -= entry.allocated
+                    else:
+                        oldest.setdefault(rule, entry.time)
+                        if now - entry.time < youngest and all(
+                            k <= max_bytes(r) for r, k in kept.items()
+                        ):
+                            whole = False
+                            break
+                        continue
+                    gone = self._unlink(entry, reason)
                     if gone is not None:
-                        done.append(gone)
-            per_rule: dict[str, list[Entry]] = {}
-            for entry in sorted(fold.entries.values(), key=lambda e: e.time):
-                per_rule.setdefault(entry.rule, []).append(entry)
-            for rule, entries in per_rule.items():
-                limit = max_bytes(rule)
-                held = sum(e.allocated for e in entries)
-                for entry in entries:
-                    if not limit or held <= limit:
-                        break
-                    held -= entry.allocated
-                    gone = self._unlink(entry, "max_bytes")
-                    if gone is not None:
-                        done.append(gone)
+                        keep(gone)
+            if self.manifest.tally is not None:  # the oldest left, as far as it was read
+                for rule, counts in self.manifest.tally.items():
+                    counts.oldest = oldest.get(rule, float("inf") if whole else counts.oldest)
+            self._compact_if_dead(now)
         return done
 
-    def purge(self, older_than: float | None = None) -> list[Expired]:
-        """Unlinks every entry (or those quarantined more than ``older_than`` ago)."""
+    def purge(
+        self,
+        older_than: float | None = None,
+        on_expired: Callable[[Expired], None] | None = None,
+    ) -> list[Expired]:
+        """Unlinks every entry (or those quarantined more than ``older_than`` ago); returns
+        them, or gives each to ``on_expired``."""
         done: list[Expired] = []
-        with self.locked() as fold:
+        keep = done.append if on_expired is None else on_expired
+        with self.locked():
             now = self.clock()
-            for entry in sorted(fold.entries.values(), key=lambda e: e.time):
-                if older_than is None or now - entry.time >= older_than:
-                    gone = self._unlink(entry, "purge")
-                    if gone is not None:
-                        done.append(gone)
+            with self.manifest.scan() as scan:
+                for entry in scan.entries():
+                    if older_than is None or now - entry.time >= older_than:
+                        gone = self._unlink(entry, "purge")
+                        if gone is not None:
+                            keep(gone)
+            self._compact_if_dead(now)
         return done
 
     # -- what is in it ---------------------------------------------------------------------
 
     def counts(self) -> dict[str, RuleCounts]:
-        per_rule: dict[str, RuleCounts] = {}
-        for entry in self.manifest.fold.entries.values():
-            counts = per_rule.setdefault(entry.rule, RuleCounts())
-            counts.files += 1
-            counts.bytes += entry.allocated
-        return per_rule
+        """Files and bytes per rule, as counted up to the last read (under the lock)."""
+        tally: dict[str, RuleTally] = self.manifest.tally or {}
+        return {r: RuleCounts(t.files, t.bytes) for r, t in tally.items() if t.files}
 
     def write_summary(self, restored: dict[str, int], expired: dict[str, int]) -> None:
         """Adds to the totals and rewrites ``summary.json`` (atomically, under the lock)."""
@@ -387,6 +511,7 @@ class Quarantines:
         self.sync_every = sync_every
         self.rules = configs(files)
         self._stores: dict[Path, Store] = {}
+        self._by_rule: dict[str, Store] = {}
         self.restored: dict[str, int] = {}
 
     def store(self, directory: Path) -> Store:
@@ -398,7 +523,13 @@ class Quarantines:
         return store
 
     def for_rule(self, rule: Rule) -> Store | None:
-        return None if rule.quarantine is None else self.store(rule.quarantine.directory)
+        """The rule's quarantine (asked once per file a sweep removes)."""
+        if rule.quarantine is None:
+            return None
+        store = self._by_rule.get(rule.name)
+        if store is None:
+            store = self._by_rule[rule.name] = self.store(rule.quarantine.directory)
+        return store
 
     def all(self) -> Iterator[Store]:
         for directory in self.rules:
@@ -434,11 +565,12 @@ class Quarantines:
         return done
 
     def sync(self) -> None:
-        """fsyncs every manifest's lines not yet synced."""
+        """fsyncs every manifest's lines not yet synced; a sweep's lock is let go."""
         for store in self._stores.values():
-            store.manifest.sync()
+            store.sync()
 
     def close(self) -> None:
         for store in self._stores.values():
             store.close()
         self._stores.clear()
+        self._by_rule.clear()

@@ -5,6 +5,9 @@ daemon does at start), acts under each quarantine's lock, writes what left the q
 to the audit log, and adds its counts to the quarantine's summary (and the bytes freed by
 a purge to the state file). ``cleaner.cli`` wires them in.
 
+Entries are streamed from the manifests and filtered as they come: what a command holds
+in memory is what it chose (or, for ``list``, nothing but the line it prints).
+
 Exit codes as everywhere: 0 done, 1 done with errors (a restore refused: which, and why),
 2 bad usage (a malformed id, no selector, purge without ``--yes``).
 """
@@ -12,6 +15,7 @@ Exit codes as everywhere: 0 done, 1 done with errors (a restore refused: which, 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -24,9 +28,9 @@ from cleaner.audit import AuditLog
 from cleaner.config import Config
 from cleaner.daemon import apply_expired
 from cleaner.manifest import Entry
-from cleaner.quarantine import Expired, QuarantineError, Quarantines, Store
+from cleaner.quarantine import Expired, QuarantineError, Quarantines, RuleCounts, Store
 from cleaner.report import Printable, format_age, format_bytes
-from cleaner.restore import Outcome, restore_entry, select
+from cleaner.restore import Outcome, check_selectors, restore_entry, select
 from cleaner.state import State, record
 from cleaner.sweep_result import Removal
 
@@ -91,30 +95,35 @@ def _entry_dict(entry: Entry, now: float, directory: Path) -> dict[str, object]:
 
 
 def cmd_list(args: argparse.Namespace, config: Config) -> int:
+    try:
+        names = check_selectors(config.files, (), args.session)
+    except ValueError as exc:
+        print(f"limpeza-cleaner: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     quarantines = _open(config)
     if quarantines is None:
         return EXIT_USAGE
+    listed = 0
+    orphans: list[dict[str, object]] = []
+    if args.json:
+        sys.stdout.write('{"entries": [')
     try:
-        stores = _stores(quarantines)
         now = time.time()
-        names: set[str] | None = None
-        if args.session is not None:
-            entries_by = {e.id: e for s in stores for e in s.entries().values()}
-            try:
-                chosen, _ = select(entries_by, config.files, session=args.session)
-            except ValueError as exc:
-                print(f"limpeza-cleaner: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-            names = {e.id for e in chosen}
-        rows: list[dict[str, object]] = []
-        orphans: list[dict[str, object]] = []
-        for store in stores:
-            for entry in sorted(store.entries().values(), key=lambda e: e.time):
+        for store in _stores(quarantines):
+            for entry in store.each():
                 if args.rule is not None and entry.rule != args.rule:
                     continue
-                if names is not None and entry.id not in names:
+                if args.session is not None and entry.name not in names:
                     continue
-                rows.append(_entry_dict(entry, now, store.directory))
+                row = _entry_dict(entry, now, store.directory)
+                if args.json:
+                    sys.stdout.write(("\n " if not listed else ",\n ") + json.dumps(row))
+                else:
+                    print(
+                        f"{row['id']}  {row['rule']}  {format_bytes(entry.size)}  "
+                        f"{format_age(float(str(row['age'])))} ago  {Printable(entry.path)}"
+                    )
+                listed += 1
             orphans.extend(
                 {"id": name, "quarantine": str(store.directory), "orphaned": True}
                 for name in store.orphans
@@ -122,16 +131,11 @@ def cmd_list(args: argparse.Namespace, config: Config) -> int:
     finally:
         quarantines.close()
     if args.json:
-        print(json.dumps({"entries": rows, "orphans": orphans}, indent=1, ensure_ascii=True))
+        print(f'\n], "orphans": {json.dumps(orphans, ensure_ascii=True)}}}')
         return EXIT_OK
-    for row in rows:
-        print(
-            f"{row['id']}  {row['rule']}  {format_bytes(int(str(row['size'])))}  "
-            f"{format_age(float(str(row['age'])))} ago  {Printable(str(row['path']))}"
-        )
     for orphan in orphans:
         print(f"{orphan['id']}  orphaned (no manifest entry; kept)  in {orphan['quarantine']}")
-    print(f"{len(rows)} quarantined" + (f", {len(orphans)} orphaned" if orphans else ""))
+    print(f"{listed} quarantined" + (f", {len(orphans)} orphaned" if orphans else ""))
     return EXIT_OK
 
 
@@ -163,23 +167,28 @@ def cmd_restore(args: argparse.Namespace, config: Config) -> int:
     to = Path(args.to) if args.to else None
     failed = False
     try:
+        check_selectors(config.files, args.ids, args.session)
+    except ValueError as exc:
+        print(f"limpeza-cleaner: {exc}; nothing restored", file=sys.stderr)
+        quarantines.close()
+        return EXIT_USAGE
+    try:
         stores = _stores(quarantines)
-        owner = {e.id: s for s in stores for e in s.entries().values()}
-        entries = {e.id: e for s in stores for e in s.entries().values()}
-        try:
-            chosen, problems = select(
-                entries, config.files, ids=args.ids, session=args.session, path=args.path
-            )
-        except ValueError as exc:
-            print(f"limpeza-cleaner: {exc}; nothing restored", file=sys.stderr)
-            return EXIT_USAGE
+        chosen, problems = select(
+            itertools.chain.from_iterable(s.each() for s in stores),
+            config.files,
+            ids=args.ids,
+            session=args.session,
+            path=args.path,
+        )
         for problem in problems:
             print(f"limpeza-cleaner: {Printable(problem)}", file=sys.stderr)
             failed = True
         restored: dict[Store, dict[str, int]] = {}
         with AuditLog(None if args.dry_run else config.audit_log, time.time) as audit:
             for entry in chosen:
-                store = owner[entry.id]
+                # Ids are unique: its quarantine is the one that has its file.
+                store = next((s for s in stores if s.holds_file(entry.id)), stores[0])
                 outcome = restore_entry(
                     store,
                     entry,
@@ -240,9 +249,24 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
     try:
         with AuditLog(config.audit_log, time.time) as audit:
             for store in _stores(quarantines):
-                gone = store.purge(args.older_than)
-                total += len(gone)
-                record(config.state_file, record_expired(audit, store, gone, time.time()))
+                # Audited and counted as each goes: nothing held per file.
+                delta = State()
+                counts: dict[str, RuleCounts] = {}
+
+                def expired(
+                    item: Expired, audit: AuditLog = audit, counts: dict[str, RuleCounts] = counts
+                ) -> None:
+                    audit.write(item.removal(time.time()))
+                    tally = counts.setdefault(item.entry.rule, RuleCounts())
+                    tally.files += 1
+                    tally.bytes += item.freed
+
+                store.purge(args.older_than, on_expired=expired)
+                for rule, tally in counts.items():
+                    delta.add(delta.bytes_removed, rule, tally.bytes)
+                    total += tally.files
+                store.write_summary(restored={}, expired={r: c.files for r, c in counts.items()})
+                record(config.state_file, delta)
     finally:
         quarantines.close()
     print(f"{total} quarantined files unlinked")

@@ -14,6 +14,8 @@ reconciliation drops: the file is back, nothing is lost.
 
 Ids come from outside: only ``ID_RE`` is accepted (no ``/``, no ``..``), and a restore
 never follows a symlink in the quarantine.
+
+``select`` reads the entries once, as a stream, and keeps only those chosen.
 """
 
 from __future__ import annotations
@@ -42,8 +44,23 @@ class Outcome:
     problem: str | None = None
 
 
+def check_selectors(files: FilesConfig, ids: Iterable[str], session: str | None) -> set[str]:
+    """The names of the session's files (empty without one); ValueError for an id or a
+    session id that is malformed, before the disk is touched."""
+    for qid in ids:
+        if not ID_RE.match(qid):
+            shown = repr(qid)[:80]
+            raise ValueError(
+                f"invalid quarantine id {shown}: expected what `quarantine list` shows"
+            )
+    if session is None:
+        return set()
+    validate_session_id(session)
+    return set(session_file_names(files, session, include_final=True))
+
+
 def select(
-    entries: dict[str, Entry],
+    entries: Iterable[Entry],
     files: FilesConfig,
     *,
     ids: Iterable[str] = (),
@@ -52,32 +69,26 @@ def select(
 ) -> tuple[list[Entry], list[str]]:
     """The entries asked for, oldest first, and a problem per id that names none.
 
-    Raises ValueError for an id or session id that is malformed (before the disk is
-    touched).
+    ``entries`` is read once (a stream will do); only the chosen ones are kept. Raises
+    ValueError for an id or session id that is malformed (before ``entries`` is read).
     """
+    ids = list(ids)
+    names = check_selectors(files, ids, session)
+    wanted = set(ids)
     chosen: dict[str, Entry] = {}
-    problems: list[str] = []
-    for qid in ids:
-        if not ID_RE.match(qid):
-            shown = repr(qid)[:80]
-            raise ValueError(
-                f"invalid quarantine id {shown}: expected what `quarantine list` shows"
-            )
-        if qid in entries:
-            chosen[qid] = entries[qid]
-        else:
-            problems.append(f"{qid}: no such entry in the quarantine")
-    if session is not None:
-        validate_session_id(session)
-        names = set(session_file_names(files, session, include_final=True))
-        chosen.update((e.id, e) for e in entries.values() if e.name in names)
-    if path is not None:
-        found = [e for e in entries.values() if e.path == path]
-        if not found:
-            problems.append(f"{path}: nothing quarantined from there")
-        # The latest one taken from that path: an earlier one would be an older version.
-        for entry in sorted(found, key=lambda e: e.time)[-1:]:
+    latest: Entry | None = None
+    for entry in entries:
+        if entry.id in wanted or (session is not None and entry.name in names):
             chosen[entry.id] = entry
+        # The latest one taken from that path: an earlier one would be an older version.
+        if entry.path == path and (latest is None or entry.time >= latest.time):
+            latest = entry
+    problems = [f"{qid}: no such entry in the quarantine" for qid in ids if qid not in chosen]
+    if path is not None:
+        if latest is None:
+            problems.append(f"{path}: nothing quarantined from there")
+        else:
+            chosen[latest.id] = latest
     return sorted(chosen.values(), key=lambda e: e.time), problems
 
 
@@ -90,11 +101,14 @@ def restore_entry(
     dry_run: bool = False,
     after_rename: Callable[[str], None] | None = None,
 ) -> Outcome:
-    """Moves one entry back (under the quarantine's lock); never over an existing name."""
+    """Moves one entry back (under the quarantine's lock); never over an existing name.
+
+    The entry is still in the quarantine while its file is (a restore or an expiry takes
+    the file away before its line is written)."""
     target = str(to / entry.name) if to is not None else entry.path
     parent, name = os.path.split(target)
-    with store.locked() as fold:
-        if entry.id not in fold.entries:
+    with store.locked():
+        if not store.holds_file(entry.id):
             return Outcome(entry, target, False, "no longer in the quarantine")
         try:
             dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -122,14 +136,13 @@ def restore_entry(
         if after_rename is not None:
             after_rename(entry.id)
         now = store.clock()
-        store.manifest.append(
-            {
-                "op": "restore",
-                "id": entry.id,
-                "time": now,
-                "to": target,
-                "hold_until": now + hold_for,
-            }
+        store.manifest.end(
+            "restore",
+            entry,
+            now,
+            to=target,
+            hold_until=now + hold_for,
+            hold=[entry.dev, entry.ino, entry.mtime_ns],
         )
     return Outcome(entry, target, True)
 

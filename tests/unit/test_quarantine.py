@@ -14,7 +14,7 @@ from cleaner.audit import AuditLog
 from cleaner.config import Config, ConfigError
 from cleaner.config_files import parse_size
 from cleaner.files import sweep
-from cleaner.manifest import lines
+from cleaner.manifest import Entry, add_record, encode, encode_add, lines
 from cleaner.quarantine import Quarantines, Store
 from cleaner.restore import restore_entry, select
 from cleaner.sweep_result import Removal
@@ -225,7 +225,7 @@ def test_restore_to_another_directory(tree: Tree) -> None:
 def test_hostile_ids_are_refused_before_the_disk(tree: Tree, hostile: str) -> None:
     config = _config(tree)
     with pytest.raises(ValueError, match="invalid quarantine id"):
-        select({}, config.files, ids=[hostile])
+        select([], config.files, ids=[hostile])
 
 
 def test_select_by_session_and_path(tree: Tree) -> None:
@@ -234,7 +234,7 @@ def test_select_by_session_and_path(tree: Tree) -> None:
         tree.file(name, age=2 * DAY)
     quarantines = _sweep(config, Clock())
     [store] = quarantines.all()
-    entries = store.entries()
+    entries = list(store.each())
     chosen, problems = select(entries, config.files, session="s1")
     assert [Path(e.path).name for e in chosen] == ["session_s1.json"] and problems == []
     chosen, problems = select(entries, config.files, path=str(tree.uploads / "session_s2.json"))
@@ -300,3 +300,74 @@ def test_expiry_is_audited(tree: Tree) -> None:
     assert record["action"] == "expire" and record["reason"] == "retention"
     assert record["id"] == gone[0].entry.id and record["freed"] == gone[0].freed
     quarantines.close()
+
+
+def test_add_line_is_what_the_generic_encoder_writes() -> None:
+    entry = Entry(
+        "6b029893-ec75c03fe53c",
+        '/srv/up/s\udcff\u00e9 "q"\\.json',
+        "sessions",
+        5,
+        4096,
+        1_700_000_000_123_456_789,
+        1000,
+        1000,
+        0o640,
+        2049,
+        123456,
+        1_700_000_000.125,
+    )
+    assert encode_add(entry) == encode(add_record(entry))
+
+
+def test_a_sweep_takes_the_lock_once_per_group_commit(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tree)
+    for i in range(50):
+        tree.file(f"session_{i}.json", age=2 * DAY)
+    taken: list[int] = []
+    real = fcntl.flock
+
+    def flock(fd: int, op: int) -> None:
+        if op == fcntl.LOCK_EX:
+            taken.append(fd)
+        real(fd, op)
+
+    monkeypatch.setattr("cleaner.quarantine.fcntl.flock", flock)
+    quarantines = Quarantines(config.files, Clock())
+    [store] = quarantines.all()  # opened and reconciled: the lock taken for that
+    taken.clear()
+    sweep(config.files, now=NOW, quarantines=quarantines)
+    assert len(taken) == 1  # 50 files in well under a second
+    quarantines.sync()  # the sweep's end: fsynced and let go
+    with open(tree.root / "q" / "lock", "rb") as other:
+        real(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert len(store.entries()) == 50
+    quarantines.close()
+
+
+def test_a_manifest_of_old_lines_still_folds(tree: Tree) -> None:
+    """Lines written before the ending lines carried their rule and the restore its hold."""
+    clock = Clock()
+    store = Store(tree.root / "q", clock)
+    paths = [tree.file(f"session_{i}.json", age=2 * DAY) for i in range(3)]
+    fd = os.open(tree.uploads, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ids = [store.put(fd, p.name, str(p), "sessions", os.stat(p)) for p in paths]
+    finally:
+        os.close(fd)
+    store.close()
+    os.rename(tree.root / "q" / "files" / ids[0], paths[0])
+    os.unlink(tree.root / "q" / "files" / ids[1])
+    with open(tree.root / "q" / "manifest.jsonl", "ab") as manifest:
+        manifest.write(
+            encode({"op": "restore", "id": ids[0], "time": NOW, "hold_until": NOW + DAY})
+        )
+        manifest.write(encode({"op": "expire", "id": ids[1], "time": NOW, "reason": "purge"}))
+    store = Store(tree.root / "q", clock)
+    assert store.reconcile().dropped == []
+    assert list(store.entries()) == [ids[2]]
+    assert store.held(os.stat(paths[0]), clock())
+    assert store.counts()["sessions"].files == 1
+    store.close()
