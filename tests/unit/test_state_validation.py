@@ -13,15 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cleaner.config import build
-from cleaner.state import (
-    MAX_COUNT,
-    ApiHealth,
-    DirectoryUsage,
-    State,
-    StateStore,
-    read_state,
-    validate_state,
-)
+from cleaner.state import ApiHealth, DirectoryUsage, State, StateStore, read_state
+from cleaner.state_schema import MAX_COUNT, validate_state
 from exporter.collector import LimpezaCollector
 
 
