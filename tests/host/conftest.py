@@ -76,7 +76,10 @@ class Deployment:
     sentinel_after_check: bool = False
     sentinel_after_deploy: bool = False
 
-    def playbook(self, name: str, *extra: str, timeout: float = 900) -> PlaybookRun:
+    def playbook(
+        self, name: str, *extra: str, timeout: float = 900, bin_dir: Path = REPO / ".venv" / "bin"
+    ) -> PlaybookRun:
+        """Runs a playbook of the checkout, with the ansible-core of ``bin_dir``."""
         args = ["-i", str(self.inventory), str(REPO / "playbooks" / name), *extra]
         env = {
             **os.environ,
@@ -87,10 +90,10 @@ class Deployment:
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.workdir / "cp"),
             "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"),
             "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=30s",
-            "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         }
         result = subprocess.run(
-            [str(REPO / ".venv" / "bin" / "ansible-playbook"), *args],
+            [str(bin_dir / "ansible-playbook"), *args],
             capture_output=True,
             text=True,
             env=env,
