@@ -8,12 +8,15 @@ once per session: first in check mode on the fresh hosts, then for real.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ import yaml
 from devtools.nspawn import Target, boot_targets
 from devtools.postgres import JobsDatabase, PostgresServer, fresh_jobs_database
 from devtools.process import free_port
+from devtools.tls import CertificateAuthority, ServerCertificate, certificate_authority
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["limpeza-a", "limpeza-b"]
@@ -35,6 +39,10 @@ UPLOADS = "/srv/app/uploads"
 BACKEND_UPLOADS = "/srv/app/backend/app/uploads"
 #: The backend's group owning the upload directory; the cleaner gets it as a supplementary group.
 APP_GROUP = "www-data"
+#: The exporters serve TLS with a certificate of the suite's CA and ask for this user.
+SCRAPE_USER = "prometheus"
+SCRAPE_PASSWORD = "scrape-s3cret"
+PROMETHEUS_CA = "/etc/prometheus/limpeza-ca.crt"
 
 pytestmark = pytest.mark.host
 
@@ -68,6 +76,7 @@ class Deployment:
     database: JobsDatabase
     exporter_ports: dict[str, int]
     prometheus_port: int
+    ca: CertificateAuthority
     fresh_check: PlaybookRun | None = None
     first_deploy: PlaybookRun | None = None
     #: What the controller had after the fresh check: files in the cache directory, and
@@ -108,12 +117,23 @@ class Deployment:
         }
         return PlaybookRun(args, result.returncode, output, recap)
 
+    def scrape(self, name: str, password: str = SCRAPE_PASSWORD) -> str:
+        """GET /metrics of a target's exporter over TLS (the suite's CA) with basic auth."""
+        context = ssl.create_default_context(cafile=str(self.ca.cert))
+        request = urllib.request.Request(f"https://127.0.0.1:{self.exporter_ports[name]}/metrics")
+        token = base64.b64encode(f"{SCRAPE_USER}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return str(response.read().decode())
+
     def state(self, name: str) -> dict[str, Any]:
         text = self.targets[name].ssh("cat /var/lib/limpeza/state.json").stdout
         return dict(json.loads(text))
 
 
-def _prepare(exporter_ports: dict[str, int], prometheus_port: int) -> Callable[[Target], None]:
+def _prepare(
+    exporter_ports: dict[str, int], prometheus_port: int, ca: CertificateAuthority
+) -> Callable[[Target], None]:
     """Files a target has before the deploy: the backend's upload directories, Prometheus."""
 
     def prepare(target: Target) -> None:
@@ -137,6 +157,9 @@ def _prepare(exporter_ports: dict[str, int], prometheus_port: int) -> Callable[[
             "scrape_configs": [
                 {
                     "job_name": "limpeza",
+                    "scheme": "https",
+                    "tls_config": {"ca_file": PROMETHEUS_CA},
+                    "basic_auth": {"username": SCRAPE_USER, "password": SCRAPE_PASSWORD},
                     "static_configs": [
                         {"targets": [f"127.0.0.1:{port}" for port in exporter_ports.values()]}
                     ],
@@ -146,6 +169,8 @@ def _prepare(exporter_ports: dict[str, int], prometheus_port: int) -> Callable[[
         (root / "etc" / "prometheus" / "prometheus.yml").write_text(
             yaml.safe_dump(config), encoding="utf-8"
         )
+        shutil.copy2(ca.cert, root / PROMETHEUS_CA.lstrip("/"))
+        (root / PROMETHEUS_CA.lstrip("/")).chmod(0o644)
 
     return prepare
 
@@ -157,6 +182,7 @@ def _write_inventory(
     database: JobsDatabase,
     exporter_ports: dict[str, int],
     workdir: Path,
+    tls: ServerCertificate,
 ) -> None:
     hosts = {
         name: {
@@ -184,6 +210,11 @@ def _write_inventory(
                             "error_message_column": "error_message",
                         },
                         "limpeza_cleaner_supplementary_groups": [APP_GROUP],
+                        # TLS and basic auth from the role's variables (the key and the
+                        # password would come from the vault).
+                        "limpeza_exporter_tls_cert": tls.cert.read_text(encoding="ascii"),
+                        "limpeza_exporter_tls_key": tls.key.read_text(encoding="ascii"),
+                        "limpeza_exporter_basic_auth_users": {SCRAPE_USER: SCRAPE_PASSWORD},
                         # A snapshot of the sources, taken when the session starts: what is
                         # deployed does not change under the tests while the checkout does.
                         "limpeza_source_dir": str(workdir / "src"),
@@ -240,18 +271,22 @@ def deployment(
     """Two booted targets, checked in check mode while fresh, then deployed for real."""
     exporter_ports = {name: free_port() for name in NAMES}
     prometheus_port = free_port()
+    workdir = tmp_path_factory.mktemp("deploy")
+    ca = certificate_authority(workdir / "ca")
+    tls = ca.issue(workdir / "exporter-tls", ("127.0.0.1", "localhost"))
     targets = boot_targets(
-        NAMES, host_ssh_key, nspawn_workdir, _prepare(exporter_ports, prometheus_port), SUITES
+        NAMES, host_ssh_key, nspawn_workdir, _prepare(exporter_ports, prometheus_port, ca), SUITES
     )
     try:
-        workdir = tmp_path_factory.mktemp("deploy")
         (workdir / "cp").mkdir()
         (workdir / "ansible-tmp").mkdir()
         by_name = {t.name: t for t in targets}
         inventory = workdir / "hosts.yml"
-        _write_inventory(inventory, by_name, host_ssh_key, shared_jobs_db, exporter_ports, workdir)
+        _write_inventory(
+            inventory, by_name, host_ssh_key, shared_jobs_db, exporter_ports, workdir, tls
+        )
         deployment = Deployment(
-            by_name, inventory, workdir, shared_jobs_db, exporter_ports, prometheus_port
+            by_name, inventory, workdir, shared_jobs_db, exporter_ports, prometheus_port, ca
         )
         snapshot_sources(workdir / "src")
         # A file of the user's under the sources' build/: no run may touch it.

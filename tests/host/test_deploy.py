@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,14 @@ import pytest
 import yaml
 
 from tests.fixtures.nspawn import Target
-from tests.host.conftest import APP_GROUP, PROMETHEUS_HOST, UPLOADS, Deployment, wait_for
+from tests.host.conftest import (
+    APP_GROUP,
+    PROMETHEUS_HOST,
+    SCRAPE_PASSWORD,
+    UPLOADS,
+    Deployment,
+    wait_for,
+)
 
 pytestmark = pytest.mark.host
 
@@ -172,10 +180,26 @@ def test_exporter_listens_on_loopback_only_and_serves_metrics(
     assert not host.socket(f"tcp://:::{port}").is_listening
     listeners = host.run(f"ss -Htln 'sport = :{port}'").stdout.split("\n")
     assert [line.split()[3] for line in listeners if line.strip()] == [f"127.0.0.1:{port}"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        body = response.read().decode()
+    body = deployed.scrape(target.name)
     assert "limpeza_" in body
     assert re.search(r"^limpeza_\w+ ", body, re.M), body[:2000]
+
+
+def test_exporter_serves_only_tls_with_the_right_password(
+    host: Any, deployed: Deployment, target: Target
+) -> None:
+    """The web config the role generated: TLS, and the bcrypt hash of the vault's password."""
+    web = host.file("/etc/limpeza/web.yml")
+    assert (web.user, web.group, web.mode) == ("root", "limpeza", 0o640)
+    assert SCRAPE_PASSWORD not in web.content_string
+    key = host.file("/etc/limpeza/tls/exporter.key")
+    assert (key.user, key.group, key.mode) == ("root", "limpeza", 0o640)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        deployed.scrape(target.name, password="wrong")
+    assert refused.value.code == 401
+    port = deployed.exporter_ports[target.name]
+    with pytest.raises(OSError):  # plain HTTP to a TLS port: reset or refused
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
 
 
 # --------------------------------------------------------------------------- behaviour

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import urllib.request
 
 import pytest
 
@@ -45,9 +44,7 @@ def _running(deployed: Deployment) -> dict[str, tuple[str, str]]:
     result = {}
     for name, target in deployed.targets.items():
         pid = target.ssh(f"systemctl show -P MainPID {CLEANER}").stdout.strip()
-        url = f"http://127.0.0.1:{deployed.exporter_ports[name]}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            body = response.read().decode()
+        body = deployed.scrape(name)
         match = re.search(r'^limpeza_exporter_build_info\{version="([^"]*)"\} 1', body, re.M)
         result[name] = (pid, match.group(1) if match else body[:500])
     return result
