@@ -29,12 +29,11 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import yaml
 from bench.scrape import fill_jobs, write_config, write_state
 from devtools import postgres
 from devtools.limpeza import ExporterProcess, start_exporter
+from devtools.process import frozen
 
 SCRAPERS = (1, 10, 100)
 #: Scrapes per run: at least this many, in rounds of N simultaneous scrapers.
@@ -183,35 +183,6 @@ def measure(exporter: ExporterProcess, database: str, scrapers: int, samples: in
 
 
 # --------------------------------------------------------------------------- the setting
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-@contextlib.contextmanager
-def frozen(pid: int) -> Iterator[None]:
-    """SIGSTOP on the postmaster, then on every backend; SIGCONT on all of them afterwards."""
-    stopped: list[int] = []
-    try:
-        os.kill(pid, signal.SIGSTOP)
-        stopped.append(pid)
-        pending = _children(pid)
-        while pending:
-            child = pending.pop()
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGSTOP)
-                stopped.append(child)
-                pending += _children(child)
-        yield
-    finally:
-        for stopped_pid in reversed(stopped):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(stopped_pid, signal.SIGCONT)
 
 
 def bench_config(workdir: Path) -> Path:
