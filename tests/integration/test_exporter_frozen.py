@@ -23,6 +23,7 @@ from devtools.pgbouncer import PgBouncer
 from devtools.postgres import JobsDatabase, PostgresServer, cluster, create_test_role
 from devtools.postgres import fresh_jobs_database as _fresh
 from devtools.process import frozen
+from tests.fixtures.exposition import sample
 from tests.fixtures.processes import required
 
 pytestmark = pytest.mark.integration
@@ -46,14 +47,6 @@ def own_server() -> Iterator[PostgresServer]:
 def own_db(own_server: PostgresServer) -> Iterator[JobsDatabase]:
     with _fresh(own_server) as database:
         yield database
-
-
-def sample(text: str, name: str) -> float | None:
-    """The value of the first sample of ``name``, whatever its labels."""
-    for line in text.splitlines():
-        if line.startswith((name + " ", name + "{")):
-            return float(line.rsplit(maxsplit=1)[1])
-    return None
 
 
 def timed_scrape(exporter: ExporterProcess) -> tuple[float, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -15,7 +14,6 @@ import bcrypt
 import pytest
 import requests
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from cleaner.state import DirectoryUsage, State, StateStore
 from tests.fixtures.exporter import (
@@ -23,6 +21,7 @@ from tests.fixtures.exporter import (
     StartExporter,
     write_site,
 )
+from tests.fixtures.exposition import sample
 from tests.fixtures.postgres import JobsDatabase
 from tests.fixtures.prometheus import PrometheusFactory
 
@@ -41,20 +40,6 @@ def save_state(site: Site) -> State:
     )
     StateStore(site.state_file).save(state)
     return state
-
-
-def sample(text: str, name: str) -> float | None:
-    """The value of one series of the text format, spelled ``name`` or
-    ``name{label="value",...}``; the ``table`` label (the jobs table's identity, which
-    tests of the fleet check) is left out of the spelling."""
-    want_name, _, rest = name.partition("{")
-    want = dict(re.findall(r'(\w+)="([^"]*)"', rest))
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            labels = {k: v for k, v in found.labels.items() if k != "table"}
-            if found.name == want_name and labels == want:
-                return float(found.value)
-    return None
 
 
 def test_promtool_accepts_the_real_output(

@@ -20,18 +20,9 @@ import yaml
 
 from devtools.limpeza import ExporterProcess
 from tests.fixtures.exporter import StartExporter, write_site
+from tests.fixtures.exposition import sample
 
 pytestmark = pytest.mark.integration
-
-
-def sample(text: str, name: str) -> float | None:
-    """The value of one unlabelled or fully spelled series in the text format."""
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            if series == name:
-                return float(value)
-    return None
 
 
 def wait_for_sample(

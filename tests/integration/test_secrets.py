@@ -36,6 +36,7 @@ from psycopg2 import sql
 
 from devtools.limpeza import CleanerProcess, ExporterProcess, LimpezaProcessError, start_exporter
 from devtools.process import free_port
+from tests.fixtures.exposition import sample
 from tests.fixtures.postgres import JobsDatabase
 
 pytestmark = pytest.mark.integration
@@ -261,14 +262,6 @@ def programs(tmp_path: Path) -> Iterator[Callable[..., Programs]]:
             each.stop()
 
 
-def database_up(scrape: str) -> float | None:
-    for line in scrape.splitlines():
-        # With or without the table's identity label.
-        if line.startswith(("limpeza_database_up ", "limpeza_database_up{")):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 @pytest.mark.parametrize("name", CASES)
 def test_a_hostile_dsn_leaves_no_piece_of_its_password_anywhere(
     name: str, jobs_db: JobsDatabase, programs: Callable[[str], Programs]
@@ -290,7 +283,7 @@ def test_a_hostile_dsn_leaves_no_piece_of_its_password_anywhere(
             assert case.problem in each.output, each.output
     else:
         assert check.code == 0, check.output
-        assert [database_up(s) for s in scrapes] == [0.0, 0.0]
+        assert [sample(s, "limpeza_database_up") for s in scrapes] == [0.0, 0.0]
         for each in (once, status, daemon, exporter):
             assert "password authentication failed" in each.output, f"{each.what}: {each.output}"
 
@@ -337,7 +330,7 @@ def test_a_hostile_password_written_correctly_just_works(
     assert '"up": true' in status.output, status.output
     run.daemon("cleanup done")
     _, scrapes = run.exporter()
-    assert [database_up(s) for s in scrapes] == [1.0, 1.0]
+    assert [sample(s, "limpeza_database_up") for s in scrapes] == [1.0, 1.0]
     run.assert_no_fragment(EVERYTHING)
 
 

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cleaner.config import Config, build
 from cleaner.state import State, StateStore
 from exporter.collector import LimpezaCollector
+from tests.fixtures.exposition import sample
 
 #: Families that come from the state file: the only ones an unusable one may take away.
 STATE_FAMILIES = {
@@ -90,11 +91,6 @@ def families(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     }
 
 
-def value(text: str, name: str) -> float:
-    [(_, number)] = families(text)[name]
-    return number
-
-
 @pytest.mark.parametrize(
     ("field", "bad"),
     [
@@ -111,25 +107,25 @@ def test_a_wrong_typed_field_marks_the_state_unreadable_and_the_rest_is_served(
     config = make_config(tmp_path)
     StateStore(config.state_file).save(good_state())
     healthy = families(scrape_text(config))
-    assert value(scrape_text(config), "limpeza_state_up") == 1
+    assert sample(scrape_text(config), "limpeza_state_up") == 1
 
     raw = json.loads(config.state_file.read_text(encoding="utf-8"))
     raw[field] = bad
     config.state_file.write_text(json.dumps(raw), encoding="utf-8")
     text = scrape_text(config)
-    assert value(text, "limpeza_state_up") == 0
+    assert sample(text, "limpeza_state_up") == 0
     got = families(text)
     assert set(got) == set(healthy) - STATE_FAMILIES
-    assert value(text, "limpeza_cache_up") == 1
-    assert value(text, "limpeza_jobs_active") == 0
+    assert sample(text, "limpeza_cache_up") == 1
+    assert sample(text, "limpeza_jobs_active") == 0
 
 
 def test_a_fifo_at_the_state_path_does_not_block_a_scrape(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     os.mkfifo(config.state_file)
     text = scrape_text(config)
-    assert value(text, "limpeza_state_up") == 0
-    assert value(text, "limpeza_cache_up") == 1
+    assert sample(text, "limpeza_state_up") == 0
+    assert sample(text, "limpeza_cache_up") == 1
 
 
 def test_a_fifo_at_the_cache_path_does_not_block_a_scrape(tmp_path: Path) -> None:
@@ -138,8 +134,8 @@ def test_a_fifo_at_the_cache_path_does_not_block_a_scrape(tmp_path: Path) -> Non
     StateStore(config.state_file).save(good_state())
     os.mkfifo(config.jobs.cache_file)
     text = scrape_text(config)
-    assert value(text, "limpeza_cache_up") == 0
-    assert value(text, "limpeza_state_up") == 1
+    assert sample(text, "limpeza_cache_up") == 0
+    assert sample(text, "limpeza_state_up") == 1
     assert "limpeza_jobs_active" not in families(text)
 
 
@@ -153,5 +149,5 @@ def test_a_state_path_that_is_no_state_file_is_unreadable(tmp_path: Path, kind: 
         with config.state_file.open("ab") as handle:
             handle.truncate(32 << 20)  # a sparse tail of NULs past the reader's cap
     text = scrape_text(config)
-    assert value(text, "limpeza_state_up") == 0
-    assert value(text, "limpeza_cache_up") == 1
+    assert sample(text, "limpeza_state_up") == 0
+    assert sample(text, "limpeza_cache_up") == 1
