@@ -11,7 +11,6 @@ wait for it either.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,11 +19,11 @@ import pytest
 
 from devtools.limpeza import ExporterProcess, LimpezaProcesses
 from devtools.pgbouncer import PgBouncer
-from devtools.postgres import JobsDatabase, PostgresServer, cluster, create_test_role
+from devtools.postgres import JobsDatabase, PostgresServer
 from devtools.postgres import fresh_jobs_database as _fresh
 from devtools.process import frozen
 from tests.fixtures.exposition import sample
-from tests.fixtures.processes import required
+from tests.fixtures.postgres import own_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +35,7 @@ MARGIN = 1.5
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[PostgresServer]:
     """A cluster of this module's own: freezing it cannot touch another test's database."""
-    with contextlib.ExitStack() as stack:
-        with required():
-            server = stack.enter_context(cluster("limpeza-exporter-frozen-pg-"))
-        create_test_role(server)
+    with own_cluster("limpeza-exporter-frozen-pg-") as server:
         yield server
 
 

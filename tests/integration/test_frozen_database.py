@@ -8,7 +8,6 @@ cannot fire: only the client-side deadlines can. Every test thaws what it froze 
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 from collections.abc import Iterator
@@ -25,11 +24,11 @@ from cleaner.jobs.connection import (
 )
 from cleaner.state import read_state
 from devtools.limpeza import CleanerProcess, LimpezaProcesses
-from devtools.postgres import JobsDatabase, PostgresServer, cluster, create_test_role
+from devtools.postgres import JobsDatabase, PostgresServer
 from devtools.postgres import fresh_jobs_database as _fresh
 from devtools.process import frozen
 from tests.fixtures.pgbouncer import PgBouncer
-from tests.fixtures.processes import required
+from tests.fixtures.postgres import own_cluster
 
 STATEMENT_TIMEOUT = 1.0
 CONNECT_TIMEOUT = 2.0
@@ -41,10 +40,7 @@ DATABASE = {"statement_timeout": f"{STATEMENT_TIMEOUT:g}s", "connect_timeout": "
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[PostgresServer]:
     """A cluster of this module's own: freezing it cannot touch another test's database."""
-    with contextlib.ExitStack() as stack:
-        with required():
-            server = stack.enter_context(cluster("limpeza-frozen-pg-"))
-        create_test_role(server)
+    with own_cluster("limpeza-frozen-pg-") as server:
         yield server
 
 

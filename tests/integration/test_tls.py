@@ -9,7 +9,6 @@ from its clients, so a connection that works at all went through TLS.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,9 +17,10 @@ import pytest
 
 from devtools.limpeza import LimpezaProcesses
 from devtools.pgbouncer import PgBouncer
-from devtools.postgres import JobsDatabase, PostgresServer, cluster, create_test_role
+from devtools.postgres import JobsDatabase, PostgresServer
 from devtools.postgres import fresh_jobs_database as _fresh
 from devtools.tls import CertificateAuthority, ServerCertificate, certificate_authority
+from tests.fixtures.postgres import own_cluster
 from tests.fixtures.processes import required
 
 pytestmark = pytest.mark.integration
@@ -48,10 +48,7 @@ def server_certificate(authority: CertificateAuthority, tls_base: Path) -> Serve
 @pytest.fixture(scope="module")
 def tls_server(server_certificate: ServerCertificate) -> Iterator[PostgresServer]:
     """A cluster of this module's own with ``ssl = on``; always stopped and removed."""
-    with contextlib.ExitStack() as stack:
-        with required():
-            server = stack.enter_context(cluster("limpeza-tls-pg-", tls=server_certificate))
-        create_test_role(server)
+    with own_cluster("limpeza-tls-pg-", tls=server_certificate) as server:
         yield server
 
 
