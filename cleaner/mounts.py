@@ -10,14 +10,27 @@ Where ``statx`` cannot say (an older kernel or C library), the mount points list
 ``/proc/self/mountinfo`` under the swept roots are the fallback: any entry with the
 ``(st_dev, st_ino)`` of one of them is taken for a mount point. That errs on the safe side:
 the directory a bind mount shows is also skipped where it lies itself, inside a root.
+
+Most sweeps have no mount point below their roots, and asking ``statx`` for every file
+(through ctypes) was the largest single cost of a sweep after the ``unlink`` itself. So the
+mount table is read once, at ``detect``, and kept open: when nothing is mounted below a
+root, nothing below it can cross a mount, and ``crosses`` says so without a ``statx``
+for as long as the kernel does not flag the table as changed (``poll`` on
+``/proc/self/mountinfo`` reports POLLPRI when a mount or unmount happens in the caller's
+namespace). A change re-reads the table; once something is mounted below a root, every
+entry is asked again. The window between the check and the removal is the one ``statx``
+left too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
+import select
 import sys
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -75,12 +88,15 @@ def _unescape(field: str) -> str:
 
 def mount_points_under(roots: Iterable[Path], mountinfo: Path = MOUNTINFO) -> list[str]:
     """The mount points that ``mountinfo`` lists at or below one of ``roots`` (resolved)."""
-    prefixes = [os.path.realpath(root) for root in roots]
-    found: list[str] = []
     try:
         text = mountinfo.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError:
-        return found
+        return []
+    return _points_under([os.path.realpath(root) for root in roots], text)
+
+
+def _points_under(prefixes: list[str], text: str) -> list[str]:
+    found: list[str] = []
     for line in text.splitlines():
         fields = line.split(" ")
         if len(fields) < 5:
@@ -93,6 +109,45 @@ def mount_points_under(roots: Iterable[Path], mountinfo: Path = MOUNTINFO) -> li
     return found
 
 
+class _MountTable:
+    """``/proc/self/mountinfo`` kept open: whether anything is mounted strictly below the
+    roots, and whether the kernel has flagged the table as changed since it was read."""
+
+    def __init__(self, roots: list[str], mountinfo: Path) -> None:
+        self._roots = roots
+        self._fd = os.open(mountinfo, os.O_RDONLY | os.O_CLOEXEC)
+        self._finalizer = weakref.finalize(self, os.close, self._fd)
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLPRI | select.POLLERR)
+        self.clear = self._read()
+
+    def _read(self) -> bool:
+        """Reads the table (which also re-arms the change flag): True if nothing is
+        mounted strictly below a root."""
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(self._fd, 65536):
+            chunks.append(chunk)
+        text = b"".join(chunks).decode("utf-8", "surrogateescape")
+        # A root may be a mount point itself (its entries are on its mount); one strictly
+        # below any root is not, even where it is another root.
+        below = [root.rstrip("/") + "/" for root in self._roots]
+        return not any(
+            point.startswith(prefix)
+            for point in _points_under(self._roots, text)
+            for prefix in below
+        )
+
+    def still_clear(self) -> bool:
+        """Whether nothing is mounted below a root now (re-read only after a change)."""
+        if self.clear and self._poll.poll(0):
+            self.clear = self._read()
+        return self.clear
+
+    def close(self) -> None:
+        self._finalizer()
+
+
 class MountPoints:
     """Tells the entries that are mount points, by mount id where the kernel gives it.
 
@@ -101,10 +156,34 @@ class MountPoints:
     mount than ``mount``. Build one per sweep with ``detect(roots)``.
     """
 
-    def __init__(self, statx: _Statx | None, tops: frozenset[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        statx: _Statx | None,
+        tops: frozenset[tuple[int, int]],
+        table: _MountTable | None = None,
+    ) -> None:
         self._statx = statx
         #: (st_dev, st_ino) of the mount points under the roots: the fallback's knowledge.
         self._tops = tops
+        #: The open mount table, while nothing is mounted below the roots (None: ask).
+        self._table = table
+
+    def _clear(self) -> bool:
+        """Whether nothing is mounted below the roots, so nothing there crosses a mount."""
+        table = self._table
+        if table is None:
+            return False
+        if table.still_clear():
+            return True
+        table.close()  # something was mounted: from now on every entry is asked
+        self._table = None
+        return False
+
+    def close(self) -> None:
+        """Closes the mount table (also done when the object is collected)."""
+        if self._table is not None:
+            self._table.close()
+            self._table = None
 
     @property
     def by_id(self) -> bool:
@@ -117,11 +196,14 @@ class MountPoints:
     ) -> MountPoints:
         """By mount id when ``statx`` gives one for ``/``, else from ``mountinfo``."""
         roots = list(roots)
+        table: _MountTable | None = None
+        with contextlib.suppress(OSError):  # no table to watch: every entry is asked
+            table = _MountTable([os.path.realpath(root) for root in roots], mountinfo)
         if use_statx:
             try:
                 statx = _Statx()
                 if statx.mount_id(AT_FDCWD, "/") is not None:
-                    return cls(statx, frozenset())
+                    return cls(statx, frozenset(), table)
             except (AttributeError, OSError):
                 pass
         tops: set[tuple[int, int]] = set()
@@ -131,6 +213,10 @@ class MountPoints:
             except OSError:
                 continue
             tops.add((st.st_dev, st.st_ino))
+        # The fallback knows only the mount points it read here: it is not told of later
+        # ones, so it keeps no table (a new mount below a root would go unseen either way).
+        if table is not None:
+            table.close()
         return cls(None, frozenset(tops))
 
     def of(self, fd: int) -> int | None:
@@ -146,10 +232,14 @@ class MountPoints:
         """
         if self._statx is None or mount is None:
             return (st.st_dev, st.st_ino) in self._tops
+        if self._clear():
+            return False
         return self._statx.mount_id(dir_fd, name) != mount
 
     def crosses_fd(self, mount: int | None, fd: int, st: os.stat_result) -> bool:
         """Whether the open ``fd`` (fstat ``st``) is on another mount than ``mount``."""
         if self._statx is None or mount is None:
             return (st.st_dev, st.st_ino) in self._tops
+        if self._clear():
+            return False
         return self._statx.mount_id(fd, "") != mount

@@ -106,3 +106,86 @@ def test_mountinfo_lists_the_mount_points_under_the_roots(tree: Tree, bind: Moun
     bind(tree.root / "var", odd)
     assert mount_points_under([tree.uploads]) == [str(odd)]
     assert mount_points_under([tree.root / "var"]) == []
+
+
+class _CountingStatx:
+    """Wraps the real statx of a MountPoints and counts the mount ids it is asked for."""
+
+    def __init__(self, mounts: MountPoints) -> None:
+        self.real = mounts._statx
+        self.calls = 0
+
+    def mount_id(self, dir_fd: int, name: str | bytes) -> int | None:
+        self.calls += 1
+        assert self.real is not None
+        return self.real.mount_id(dir_fd, name)
+
+
+def _counted(tree: Tree) -> tuple[MountPoints, _CountingStatx]:
+    mounts = _mounts(True, tree)
+    counting = _CountingStatx(mounts)
+    mounts._statx = counting  # type: ignore[assignment]
+    return mounts, counting
+
+
+def test_with_nothing_mounted_below_the_roots_no_file_costs_a_statx(tree: Tree) -> None:
+    for n in range(20):
+        tree.file(f"session_{n}.json", age=9 * DAY)
+    mounts, counting = _counted(tree)
+    result = sweep(tree.config().files, now=NOW, mounts=mounts)
+    assert result.files_removed == 20
+    # One statx for the root's own mount id; none per file.
+    assert counting.calls == 1
+
+
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_a_mount_made_after_the_table_was_read_is_still_not_crossed(
+    tree: Tree, bind: Mount, kind: str
+) -> None:
+    """The table is read when the sweep starts; a mount made later (here: after ``detect``,
+    before the walk) is flagged by the kernel, and from then on every entry is asked."""
+    mounts, counting = _counted(tree)
+    mine = tree.file("session_mine.json", age=9 * DAY)
+    if kind == "directory":
+        elsewhere = tree.root / "elsewhere"
+        behind = make_file(elsewhere / "session_behind.json", age=9 * DAY)
+        target = tree.uploads / "mnt"
+        target.mkdir()
+        bind(elsewhere, target)
+        config = tree.config(**_recursive(tree))
+        kept = target / "session_behind.json"
+    else:
+        behind = make_file(tree.root / "keep.json", age=9 * DAY, data=b"keep me")
+        kept = tree.file("session_mounted.json", age=9 * DAY)
+        bind(behind, kept)
+        config = tree.config()
+    result = sweep(config.files, now=NOW, mounts=mounts)
+    assert behind.exists() and kept.exists()
+    assert not mine.exists()
+    assert result.skipped["mount_point"] == 1
+    assert result.errors == 0
+    assert counting.calls > 1
+
+
+def test_a_mount_that_came_and_went_during_the_sweep_keeps_every_entry_asked(
+    tree: Tree,
+) -> None:
+    """Once something was mounted below a root, the sweep asks every entry to its end."""
+    mounts, counting = _counted(tree)
+    target = tree.uploads / "mnt"
+    target.mkdir()
+    subprocess.run(["mount", "--bind", str(tree.root / "var"), str(target)], check=True)
+    try:
+        root_fd = os.open(tree.uploads, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert mounts.crosses_fd(mounts.of(root_fd), fd, os.fstat(fd))
+        finally:
+            os.close(fd)
+            os.close(root_fd)
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+    tree.file("session_a.json", age=9 * DAY)
+    before = counting.calls
+    sweep(tree.config().files, now=NOW, mounts=mounts)
+    assert counting.calls > before + 1
