@@ -391,7 +391,7 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and S_ISREG(b.st_mode)
 
 
-def _is_mount_point(candidate: Candidate, fd: int, mounts: MountPoints | None) -> bool:
+def is_mount_point(candidate: Candidate, fd: int, mounts: MountPoints | None) -> bool:
     """Whether the candidate (open as ``fd``, or -1) is on another mount than its root."""
     if mounts is None:
         mounts = MountPoints.detect((Path(candidate.directory),))
@@ -436,7 +436,7 @@ def remove_candidate(
             result.skip("changed")
             return False
         try:
-            mounted = _is_mount_point(candidate, fd, mounts)
+            mounted = is_mount_point(candidate, fd, mounts)
         except FileNotFoundError:
             return False
         except OSError as exc:

@@ -189,3 +189,15 @@ def test_a_mount_that_came_and_went_during_the_sweep_keeps_every_entry_asked(
     before = counting.calls
     sweep(tree.config().files, now=NOW, mounts=mounts)
     assert counting.calls > before + 1
+
+
+def test_status_does_not_count_a_file_that_is_a_mount_point(tree: Tree, bind: Mount) -> None:
+    from cleaner.survey import survey
+
+    source = make_file(tree.root / "keep.json", age=9 * DAY, data=b"keep me")
+    target = tree.file("session_mounted.json", age=9 * DAY)
+    bind(source, target)
+    tree.file("session_mine.json", age=9 * DAY, data=b"mine")
+    config = tree.config()
+    counted = survey(config.files, now=NOW)[str(tree.uploads)]["sessions"]
+    assert (counted.files, counted.bytes, counted.expired) == (1, 4, 1)
