@@ -199,6 +199,18 @@ def _record(config: Config, delta: State) -> None:
     record(config.state_file, delta)
 
 
+def _checkpoint(config: Config) -> Callable[[SweepResult], None]:
+    """Records what a long one-shot sweep did so far, as the daemon's checkpoints do: a
+    kill loses at most about a second of its counts."""
+
+    def checkpoint(progress: SweepResult) -> None:
+        step = State()
+        apply_sweep(step, progress)
+        _record(config, step)
+
+    return checkpoint
+
+
 def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]) -> int:
     """One cycle as the daemon runs it: the file sweep, then (unless a dry run) the jobs."""
     now = time.time()
@@ -216,6 +228,7 @@ def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping
                 max_age=args.max_age,
                 on_remove=_on_remove(audit, args),
                 quarantines=quarantines,
+                checkpoint=None if args.dry_run else _checkpoint(config),
             )
             if quarantines is not None:  # what they hold now, for the exporter
                 for store in quarantines.all():
@@ -234,7 +247,7 @@ def _cmd_once(args: argparse.Namespace, config: Config, path: Path, env: Mapping
         for source, reaped in (("cache", jobs.cache_reaped), ("database", jobs.database_reaped)):
             if reaped:
                 print(f"stale jobs reaped from the {source}: {summary(reaped)}")
-    apply_sweep(delta, result)
+    apply_sweep(delta, result.pending())  # the rest went with the checkpoints
     apply_jobs(delta, jobs)
     ended = time.time()
     apply_cycle(delta, started=now, ended=ended, duration=ended - now, ok=True)

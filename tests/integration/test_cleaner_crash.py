@@ -1,8 +1,9 @@
 """kill -9 in the middle of a long sweep: the counters lose at most about a second of work,
 the audit log at most the file being removed.
 
-The daemon is a real process sweeping a real tree; it is killed with SIGKILL once it has
-removed files for more than a second, well before the end of its sweep.
+The daemon (``run``) or a one-shot ``once`` is a real process sweeping a real tree; it is
+killed with SIGKILL once it has removed files for more than a second, well before the end
+of its sweep.
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ def _expired_files(directory: Path, count: int) -> None:
         os.close(fd)
 
 
-@pytest.fixture
-def daemon(tree: Tree) -> Iterator[subprocess.Popen[bytes]]:
+@pytest.fixture(params=["run", "once"])
+def daemon(tree: Tree, request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[bytes]]:
     _expired_files(tree.uploads, FILES)
     config = tree.write_config(interval="1h")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIMPEZA_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "cleaner", "--config", str(config), "run"],
+        [sys.executable, "-m", "cleaner", "--config", str(config), request.param],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
