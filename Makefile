@@ -50,7 +50,7 @@ unit: setup
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test: lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	tools/test-tiers $(PYTEST_ARGS)
 
 bench: setup
 	@tools/ensure-packages $(BENCH_PACKAGES)
