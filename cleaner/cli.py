@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from cleaner import __version__, quarantine_cli
@@ -24,8 +24,9 @@ from cleaner.audit import AuditLog
 from cleaner.config import Config, ConfigError
 from cleaner.daemon import Daemon, apply_cycle, apply_force_clean, apply_jobs, apply_sweep
 from cleaner.files import sweep
+from cleaner.jobs.force_clean import JOB_SOURCES
 from cleaner.jobs.reaper import CycleReport, JobReaper
-from cleaner.jobs.status import jobs_status
+from cleaner.jobs.status import STATUS_SOURCES, jobs_status
 from cleaner.quarantine import Quarantines
 from cleaner.report import (
     format_files_status,
@@ -40,6 +41,9 @@ from cleaner.survey import survey
 from cleaner.sweep_result import Removal, SweepResult
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+
+#: What ``status --only`` can name: the files (directories and last sweep), or a job source.
+STATUS_PARTS = ("files", *STATUS_SOURCES)
 
 log = logging.getLogger("limpeza")
 
@@ -101,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="what is there now, and the last sweep")
     status.add_argument("--json", action="store_true", help="print as JSON")
+    status.add_argument(
+        "--only",
+        action="append",
+        choices=STATUS_PARTS,
+        metavar="PART",
+        help="report only this part (repeatable): files (the directories and the last "
+        "sweep), database, cache or api; default: all",
+    )
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", metavar="FILE")
@@ -109,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     force.add_argument("--dry-run", action="store_true", help="report, change nothing")
     force.add_argument("--yes", action="store_true", help="really end every active job")
     force.add_argument("--json", action="store_true", help="print the report as JSON")
+    force.add_argument(
+        "--only",
+        action="append",
+        choices=JOB_SOURCES,
+        metavar="SOURCE",
+        help="end the jobs of this source only (repeatable): database (shared by the "
+        "fleet: once) or cache (this host's); default: both",
+    )
     quarantine_cli.add_parsers(sub, _duration)
     return parser
 
@@ -272,7 +292,23 @@ def _cmd_purge(args: argparse.Namespace, config: Config, path: Path, env: Mappin
     return _finish(result, args.json, missing_fails=False)
 
 
-def status_report(config: Config, now: float) -> dict[str, object]:
+def status_report(
+    config: Config, now: float, parts: Collection[str] = STATUS_PARTS
+) -> dict[str, object]:
+    """What `status` reports: the files part (per directory and rule, and the last sweep)
+    and the jobs part, each only if in ``parts``."""
+    report: dict[str, object] = {"now": now}
+    if "files" in parts:
+        report.update(files_status(config, now))
+    sources = [part for part in STATUS_SOURCES if part in parts]
+    if sources:
+        report["jobs"] = jobs_status(
+            config.jobs, now=now, application_name="limpeza-cleaner status", sources=sources
+        )
+    return report
+
+
+def files_status(config: Config, now: float) -> dict[str, object]:
     """The files part of `status`: per directory and rule, and the last sweep."""
     directories = {
         directory: {
@@ -306,21 +342,22 @@ def status_report(config: Config, now: float) -> dict[str, object]:
         )
     else:
         last["problem"] = state_error
-    jobs = jobs_status(config.jobs, now=now, application_name="limpeza-cleaner status")
-    return {"now": now, "directories": directories, "last_sweep": last, "jobs": jobs}
+    return {"directories": directories, "last_sweep": last}
 
 
 def _cmd_status(
     args: argparse.Namespace, config: Config, path: Path, env: Mapping[str, str]
 ) -> int:
-    report = status_report(config, time.time())
+    report = status_report(config, time.time(), args.only or STATUS_PARTS)
     if args.json:
         print(json.dumps(report, indent=1, sort_keys=True, ensure_ascii=True))
     else:
-        for line in format_files_status(report):
-            print(line)
-        for line in format_jobs_status(report["jobs"]):  # type: ignore[arg-type]
-            print(line)
+        if "directories" in report:
+            for line in format_files_status(report):
+                print(line)
+        if "jobs" in report:
+            for line in format_jobs_status(report["jobs"]):  # type: ignore[arg-type]
+                print(line)
     return EXIT_OK
 
 
@@ -336,7 +373,7 @@ def _cmd_force_clean(
         return EXIT_USAGE
     reaper = JobReaper(config.jobs, application_name="limpeza-cleaner force-clean")
     try:
-        report = reaper.force_clean(dry_run=args.dry_run)
+        report = reaper.force_clean(dry_run=args.dry_run, sources=args.only or JOB_SOURCES)
     finally:
         reaper.close()
     if not args.dry_run:

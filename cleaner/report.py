@@ -169,17 +169,23 @@ def format_force_clean(report: Mapping[str, Any], config: JobsConfig) -> list[st
     """Human lines for a force-clean report (``ForceCleanReport.to_dict()``): what was (or
     would be) ended, per source."""
     would = report["dry_run"]
+    sources = report.get("sources", ("database", "cache"))
+    only = f" in the {' and the '.join(sources)}" if len(sources) == 1 else ""
     lines = [
         f"force-clean{' (dry run)' if would else ''}: "
-        f"{'would end' if would else 'ended'} {report['total']} active jobs"
+        f"{'would end' if would else 'ended'} {report['total']} active jobs{only}"
     ]
     db = config.database
-    if db is None:
+    if "database" not in sources:
+        pass
+    elif db is None:
         lines.append("  database: not configured")
     elif report["database"] is not None:
         verb = f"{'would set' if would else 'set'} {db.error_status!r} on"
         lines.append(_source_line(f"database {db.table}", report["database"], verb, "jobs"))
-    if config.cache_file is None:
+    if "cache" not in sources:
+        pass
+    elif config.cache_file is None:
         lines.append("  cache: not configured")
     elif report["cache"] is not None:
         verb = "would remove" if would else "removed"
@@ -207,8 +213,14 @@ def format_jobs_status(status: Mapping[str, Any]) -> list[str]:
     """Human lines for ``cleaner.jobs.status.jobs_status()``."""
     lines = ["jobs:"]
     database, cache, api = status.get("database"), status.get("cache"), status.get("api")
-    if database is None and cache is None:
-        lines.append("  no jobs.database and no jobs.cache_file configured")
+    # A source absent from ``status`` was not asked for; one that is None is not configured.
+    asked = {
+        name: status[key]
+        for key, name in (("database", "jobs.database"), ("cache", "jobs.cache_file"))
+        if key in status
+    }
+    if asked and all(part is None for part in asked.values()):
+        lines.append(f"  no {' and no '.join(asked)} configured")
     if database is not None:
         table = database.get("table")
         if database.get("error"):

@@ -4,12 +4,15 @@ Database rows get ``error_status`` with the reason ``force-clean``; active cache
 are removed. ``min_age`` limits it to jobs older than that (0: all of them). The automatic
 form (``jobs.force_clean.auto``) runs when the API or the database reports more than
 ``threshold`` active jobs on ``confirm_cycles`` cycles in a row.
+
+The two sources can be cleaned apart (``sources``): the database is shared by every
+application host, so a fleet ends its jobs once, while each host's job cache is its own.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +29,9 @@ log = logging.getLogger(__name__)
 #: The reason written to ``error_message_column`` by a force-clean.
 FORCE_CLEAN_REASON = "force-clean"
 
+#: The job sources a force-clean can end jobs in, in the order it cleans them.
+JOB_SOURCES = ("database", "cache")
+
 
 @dataclass
 class ForceCleanReport:
@@ -35,6 +41,8 @@ class ForceCleanReport:
     database: dict[str, int] | None = None
     cache: dict[str, int] | None = None
     errors: StageErrors = field(default_factory=StageErrors)
+    #: The sources it was asked to clean; the others it left alone, configured or not.
+    sources: tuple[str, ...] = JOB_SOURCES
 
     @property
     def total(self) -> int:
@@ -47,6 +55,7 @@ class ForceCleanReport:
             "cache": self.cache,
             "total": self.total,
             "errors": list(self.errors.messages),
+            "sources": list(self.sources),
         }
 
 
@@ -57,12 +66,19 @@ def force_clean(
     now: float,
     dry_run: bool,
     min_age: float = 0.0,
+    sources: Collection[str] = JOB_SOURCES,
 ) -> ForceCleanReport:
-    """Ends every active job older than ``min_age`` (0: all of them) in every source."""
-    report = ForceCleanReport(dry_run=dry_run)
+    """Ends every active job older than ``min_age`` (0: all of them) in each of ``sources``
+    (``JOB_SOURCES``, all by default) that is configured."""
+    unknown = set(sources) - set(JOB_SOURCES)
+    if unknown or not sources:
+        raise ValueError(f"force-clean sources must be some of {JOB_SOURCES}, got {sources!r}")
+    report = ForceCleanReport(
+        dry_run=dry_run, sources=tuple(s for s in JOB_SOURCES if s in sources)
+    )
     older_than = min_age if min_age > 0 else None
     active = set(config.active_statuses)
-    if config.cache_file is not None:
+    if config.cache_file is not None and "cache" in report.sources:
 
         def chosen(record: Mapping[str, object]) -> bool:
             if str(record.get("status")) not in active:
@@ -78,10 +94,10 @@ def force_clean(
             report.errors.add("cache", f"cache: {exc}")
             log.error("force-clean: job cache left untouched: %s", exc)
     db = config.database
-    if db is not None and database is not None:
+    if db is not None and database is not None and "database" in report.sources:
         ended: dict[str, int] = {}
 
-        def end_all(conn: Connection) -> None:
+        def end_all(conn: Connection) -> bool:
             for status in db.active_statuses:
 
                 def done(n: int, status: str = status) -> None:
@@ -90,16 +106,22 @@ def force_clean(
                 end_jobs(
                     conn, db, status, older_than, FORCE_CLEAN_REASON, dry_run=dry_run, progress=done
                 )
+            return True
 
-        run_step(database, report.errors, "force-clean", end_all)
-        report.database = ended
+        # A database it could not reach, or whose statement failed before ending any job,
+        # is None ("failed"), not {} ("none"): the report must not say it ended nothing.
+        worked = run_step(database, report.errors, "force-clean", end_all)
+        report.database = ended if worked or ended else None
+    done = {
+        "database": source_summary(report.database, configured=db is not None),
+        "cache": source_summary(report.cache, configured=config.cache_file is not None),
+    }
     log.warning(
-        "force-clean%s: %s %d active jobs (database: %s; cache: %s)%s",
+        "force-clean%s: %s %d active jobs (%s)%s",
         " (dry run)" if dry_run else "",
         "would end" if dry_run else "ended",
         report.total,
-        source_summary(report.database, configured=db is not None),
-        source_summary(report.cache, configured=config.cache_file is not None),
+        "; ".join(f"{source}: {done[source]}" for source in report.sources),
         f"; errors: {'; '.join(report.errors.messages)}" if report.errors.messages else "",
     )
     return report

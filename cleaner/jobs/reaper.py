@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from cleaner.config import JobsConfig
@@ -21,7 +21,7 @@ from cleaner.health import HealthMonitor, HealthResult
 from cleaner.jobs import cache
 from cleaner.jobs.connection import Connection, KeptConnection, run_step
 from cleaner.jobs.database import ReaperLockHeldError, count_database, end_jobs, stats_since
-from cleaner.jobs.force_clean import AutoForceClean, ForceCleanReport, force_clean
+from cleaner.jobs.force_clean import JOB_SOURCES, AutoForceClean, ForceCleanReport, force_clean
 from cleaner.jobs.staleness import JobCounts
 from cleaner.report import format_duration, summary
 from cleaner.state import StageErrors
@@ -252,8 +252,15 @@ class JobReaper:
 
     # ------------------------------------------------------------------ force-clean
 
-    def force_clean(self, dry_run: bool, *, min_age: float = 0.0) -> ForceCleanReport:
-        """Ends every active job older than ``min_age`` (0: all of them) in every source."""
+    def force_clean(
+        self, dry_run: bool, *, min_age: float = 0.0, sources: Collection[str] = JOB_SOURCES
+    ) -> ForceCleanReport:
+        """Ends every active job older than ``min_age`` (0: all of them) in ``sources``."""
         return force_clean(
-            self.config, self._database, now=self._clock(), dry_run=dry_run, min_age=min_age
+            self.config,
+            self._database,
+            now=self._clock(),
+            dry_run=dry_run,
+            min_age=min_age,
+            sources=sources,
         )

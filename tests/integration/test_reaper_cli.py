@@ -113,6 +113,7 @@ def test_force_clean_dry_run_changes_nothing(tmp_path: Path, jobs_db: JobsDataba
         "cache": {"running": 1, "queued": 1},
         "total": 5,
         "errors": [],
+        "sources": ["database", "cache"],
     }
     assert jobs_db.rows() == before_rows
 
@@ -153,6 +154,114 @@ def test_force_clean_with_the_database_down_exits_1_and_says_why(
     assert result.returncode == 1
     assert "error: database" in result.stdout
     assert jobs_db.password not in result.stdout + result.stderr
+
+
+def test_force_clean_only_one_source_leaves_the_other_alone(
+    tmp_path: Path, jobs_db: JobsDatabase
+) -> None:
+    """A fleet ends the shared database's jobs once and clears each host's cache apart."""
+    cache = tmp_path / "jobs.json"
+    seed(jobs_db, cache)
+    config, env = write_config(tmp_path, jobs_db, cache), env_for(jobs_db)
+    before_rows, before_cache = jobs_db.rows(), cache.read_bytes()
+
+    preview = cli(config, env, "force-clean", "--only", "cache", "--dry-run", "--json")
+    assert preview.returncode == 0, preview.stderr
+    assert json.loads(preview.stdout) == {
+        "dry_run": True,
+        "database": None,
+        "cache": {"running": 1, "queued": 1},
+        "total": 2,
+        "errors": [],
+        "sources": ["cache"],
+    }
+    assert (jobs_db.rows(), cache.read_bytes()) == (before_rows, before_cache)
+
+    cleared = cli(config, env, "force-clean", "--only", "cache", "--yes")
+    assert cleared.returncode == 0, cleared.stderr
+    assert "ended 2 active jobs in the cache" in cleared.stdout
+    assert "database" not in cleared.stdout
+    assert set(json.loads(cache.read_text())) == {"c-done"}
+    assert jobs_db.rows() == before_rows
+
+    cache_now = cache.read_bytes()
+    ended = cli(config, env, "force-clean", "--only", "database", "--yes", "--json")
+    assert ended.returncode == 0, ended.stderr
+    report = json.loads(ended.stdout)
+    assert (report["database"], report["cache"], report["total"]) == (
+        {"running": 2, "queued": 1},
+        None,
+        3,
+    )
+    assert cache.read_bytes() == cache_now
+    assert {j: r["status"] for j, r in jobs_db.rows().items()} == {
+        "r-fresh": "error",
+        "r-stale": "error",
+        "q-fresh": "error",
+        "d-old": "done",
+    }
+    # Each run counts what it ended, in its own source.
+    state = read_state(tmp_path / "state" / "state.json")
+    assert state.force_cleans == 2
+    assert state.jobs_reaped == {
+        "database": {"running": 2, "queued": 1},
+        "cache": {"running": 1, "queued": 1},
+    }
+
+
+def test_force_clean_only_cache_works_with_the_database_down(
+    tmp_path: Path, jobs_db: JobsDatabase
+) -> None:
+    cache = tmp_path / "jobs.json"
+    seed(jobs_db, cache)
+    config, env = write_config(tmp_path, jobs_db, cache), env_for(jobs_db)
+    jobs_db.server.stop()
+    try:
+        cleared = cli(config, env, "force-clean", "--only", "cache", "--yes", "--json")
+        failed = cli(config, env, "force-clean", "--only", "database", "--yes", "--json")
+    finally:
+        jobs_db.server.start()
+    assert cleared.returncode == 0, cleared.stderr
+    assert json.loads(cleared.stdout)["errors"] == []
+    assert set(json.loads(cache.read_text())) == {"c-done"}
+    assert failed.returncode == 1
+    report = json.loads(failed.stdout)
+    # Not reached is "failed" (None), never "ended nothing" ({}).
+    assert (report["database"], report["errors"]) == (None, ["database: down"])
+    assert jobs_db.password not in failed.stdout + failed.stderr
+
+
+def test_force_clean_refuses_an_unknown_source(tmp_path: Path) -> None:
+    config = write_config(tmp_path, None, None)
+    result = cli(config, env_for(None), "force-clean", "--only", "files", "--yes")
+    assert result.returncode == 2
+    assert "invalid choice: 'files'" in result.stderr
+
+
+def test_status_only_reports_the_parts_asked_for(tmp_path: Path, jobs_db: JobsDatabase) -> None:
+    cache = tmp_path / "jobs.json"
+    seed(jobs_db, cache)
+    config, env = write_config(tmp_path, jobs_db, cache), env_for(jobs_db)
+    host = cli(config, env, "status", "--json", "--only", "files", "--only", "cache")
+    assert host.returncode == 0, host.stderr
+    report = json.loads(host.stdout)
+    assert set(report) == {"now", "directories", "last_sweep", "jobs"}
+    assert set(report["jobs"]) == {"cache"}
+    assert report["jobs"]["cache"]["active"] == 2
+    shared = cli(config, env, "status", "--json", "--only", "database")
+    assert shared.returncode == 0, shared.stderr
+    report = json.loads(shared.stdout)
+    assert set(report) == {"now", "jobs"}
+    assert set(report["jobs"]) == {"database"}
+    assert report["jobs"]["database"]["active"] == 3
+    text = cli(config, env, "status", "--only", "database")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[:2] == [
+        "jobs:",
+        "  database jobs: 3 active (queued: 1, running: 2); stale: queued: 0, running: 1",
+    ]
+    assert "last sweep" not in text.stdout
+    assert "cache" not in text.stdout
 
 
 def test_status_shows_jobs_and_the_index_advice(tmp_path: Path, jobs_db: JobsDatabase) -> None:
