@@ -89,6 +89,46 @@ def test_a_quarantine_inside_a_swept_directory_is_refused_at_load(tree: Tree) ->
     assert "inside swept directory" in caught.value.problems[0]
 
 
+def test_the_files_quarantine_is_every_rule_s_without_its_own(tree: Tree) -> None:
+    section = {"directory": str(tree.root / "q"), "retention": "7d", "max_bytes": "1MiB"}
+    own = {"directory": str(tree.root / "own"), "retention": "1d"}
+    rules = [
+        {"name": "sessions", "pattern": "session_*.json", "max_age": "1h"},
+        {"name": "temp_audio", "pattern": "temp_audio_*.wav", "max_age": "1h", "quarantine": own},
+        {"name": "final_videos", "pattern": "final_*.mp4", "max_age": "1h", "quarantine": None},
+    ]
+    files = {"directories": [str(tree.uploads)], "rules": rules, "quarantine": section}
+    config = config_mod.load(tree.write_config(files=files), {})
+    sessions, audio, videos = config.files.rules
+    assert config.files.quarantine is not None
+    assert sessions.quarantine == config.files.quarantine
+    assert (sessions.quarantine.directory, sessions.quarantine.max_bytes) == (
+        tree.root / "q",
+        2**20,
+    )
+    assert audio.quarantine is not None and audio.quarantine.directory == tree.root / "own"
+    assert videos.quarantine is None
+    assert tree.config(files={"directories": [str(tree.uploads)]}).files.quarantine is None
+
+
+def test_a_bad_files_quarantine_is_told_under_its_own_key_once(tree: Tree) -> None:
+    with pytest.raises(ConfigError) as caught:
+        tree.config(files={"quarantine": {"directory": "q", "retention": "7d"}})
+    assert caught.value.problems == [
+        'files.quarantine.directory: expected an absolute path, got "q"'
+    ]
+    rules = [
+        {"name": "sessions", "pattern": "session_*.json", "max_age": "1h"},
+        {"name": "temp_audio", "pattern": "temp_audio_*.wav", "max_age": "1h"},
+    ]
+    inside = {"directory": str(tree.uploads / "q"), "retention": "7d"}
+    files = {"directories": [str(tree.uploads)], "rules": rules, "quarantine": inside}
+    with pytest.raises(ConfigError) as caught:
+        config_mod.load(tree.write_config(files=files), {})
+    [problem] = caught.value.problems
+    assert problem.startswith("files.quarantine.directory: ") and "inside swept" in problem
+
+
 def test_a_quarantine_on_another_filesystem_is_refused_at_load(tree: Tree) -> None:
     other = Path("/dev/shm")
     if not other.is_dir() or os.stat(other).st_dev == os.stat(tree.uploads).st_dev:
