@@ -27,8 +27,9 @@ from typing import Any
 from cleaner.audit import AuditLog
 from cleaner.config import Config
 from cleaner.daemon import apply_expired
-from cleaner.manifest import Entry
-from cleaner.quarantine import Expired, QuarantineError, Quarantines, RuleCounts, Store
+from cleaner.manifest_lines import Entry
+from cleaner.quarantine import QuarantineError, Quarantines, Store
+from cleaner.quarantine_expiry import Expired, RuleCounts, purge
 from cleaner.report import Printable, format_age, format_bytes
 from cleaner.restore import Outcome, check_selectors, restore_entry, select
 from cleaner.state import State, record
@@ -261,7 +262,7 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
                     tally.files += 1
                     tally.bytes += item.freed
 
-                store.purge(args.older_than, on_expired=expired)
+                purge(store, args.older_than, on_expired=expired)
                 for rule, tally in counts.items():
                     delta.add(delta.bytes_removed, rule, tally.bytes)
                     total += tally.files

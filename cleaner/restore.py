@@ -29,7 +29,7 @@ from pathlib import Path
 from stat import S_ISREG
 
 from cleaner.config_types import FilesConfig
-from cleaner.manifest import ID_RE, Entry
+from cleaner.manifest_lines import ID_RE, Entry
 from cleaner.quarantine import Store, rename_noreplace
 from cleaner.sessions import session_file_names, validate_session_id
 

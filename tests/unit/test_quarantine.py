@@ -14,8 +14,9 @@ from cleaner.audit import AuditLog
 from cleaner.config import Config, ConfigError
 from cleaner.config_files import parse_size
 from cleaner.files import sweep
-from cleaner.manifest import Entry, add_record, encode, encode_add, lines
+from cleaner.manifest_lines import Entry, add_record, encode, encode_add, lines
 from cleaner.quarantine import Quarantines, Store
+from cleaner.quarantine_expiry import purge
 from cleaner.restore import restore_entry, select
 from cleaner.sweep_result import Removal
 from tests.fixtures.trees import DAY, NOW, Tree
@@ -315,7 +316,7 @@ def test_compaction_keeps_live_entries_and_holds(tree: Tree) -> None:
             os.close(fd)
     entries = sorted(store.entries().values(), key=lambda e: e.time)
     assert restore_entry(store, entries[0], to=None, hold_for=DAY).restored
-    store.purge()  # all but the restored one expire
+    purge(store)  # all but the restored one expire
     store.close()
     store = Store(tree.root / "q", clock)
     store.reconcile()
