@@ -222,17 +222,25 @@ def test_a_config_change_reloads_and_new_code_restarts(role: str) -> None:
     assert by_topic["limpeza environment changed"] == ["restarted"]
 
 
-def test_cleaner_unit_may_write_every_quarantine_and_no_other(tmp_path: Path) -> None:
-    """A rule's own quarantine, and files.quarantine as soon as one rule has no key of its own."""
+def test_cleaner_unit_may_rename_into_every_quarantine(tmp_path: Path) -> None:
+    """A rename never crosses a mount point, and the sandbox bind-mounts each writable path
+    on its own: each quarantine is writable through the deepest directory it shares with
+    what its rules sweep (a rule's own, and files.quarantine once a rule inherits it)."""
     unit = _unit(tmp_path, role="limpeza_cleaner")
     assert unit["ReadWritePaths"] == ["/srv/app/backend/app/uploads", "/srv/app/uploads"]
     overrides = tmp_path / "vars.yml"
-    own = {"directory": "/srv/app/.own-quarantine", "retention": "1d"}
+    own = {"directory": "/data/.own-quarantine", "retention": "1d"}
     section = {"directory": "/srv/app/.limpeza-quarantine", "retention": "7d", "max_bytes": "5GB"}
     rules = [
-        {"name": "sessions", "pattern": "session_*.json", "max_age": "24h", "quarantine": own},
-        {"name": "temp_audio", "pattern": "temp_audio_*.wav", "max_age": "24h"},
-        {"name": "final_videos", "pattern": "final_*.mp4", "max_age": "24h", "quarantine": None},
+        {"name": "sessions", "pattern": "session_*.json", "max_age": "24h"},
+        {"name": "temp_audio", "pattern": "temp_audio_*.wav", "max_age": "24h", "quarantine": None},
+        {
+            "name": "renders",
+            "pattern": "final_*.mp4",
+            "max_age": "24h",
+            "directories": ["/data/renders/a", "/data/renders/b"],
+            "quarantine": own,
+        },
     ]
     overrides.write_text(
         yaml.safe_dump({"limpeza_files_rules": rules, "limpeza_files_quarantine": section})
@@ -240,18 +248,22 @@ def test_cleaner_unit_may_write_every_quarantine_and_no_other(tmp_path: Path) ->
     assert _unit(tmp_path, overrides, role="limpeza_cleaner")["ReadWritePaths"] == [
         "/srv/app/backend/app/uploads",
         "/srv/app/uploads",
-        "/srv/app/.own-quarantine",
-        "/srv/app/.limpeza-quarantine",
+        "/data/renders/a",
+        "/data/renders/b",
+        "/data",
+        "/srv/app",
     ]
     # Every rule with a key of its own: files.quarantine serves none and stays read-only.
-    rules[1]["quarantine"] = False
+    rules[0]["quarantine"] = False
     overrides.write_text(
         yaml.safe_dump({"limpeza_files_rules": rules, "limpeza_files_quarantine": section})
     )
     assert _unit(tmp_path, overrides, role="limpeza_cleaner")["ReadWritePaths"] == [
         "/srv/app/backend/app/uploads",
         "/srv/app/uploads",
-        "/srv/app/.own-quarantine",
+        "/data/renders/a",
+        "/data/renders/b",
+        "/data",
     ]
 
 
