@@ -210,13 +210,14 @@ class Store:
             return False
         return True
 
-    def held(self, st: os.stat_result, now: float) -> bool:
-        """Whether this file was restored lately and is to be left alone (a Hold)."""
+    def held(self, st: os.stat_result) -> bool:
+        """Whether this file was restored lately and is to be left alone (a Hold). The
+        clock is only read for a file that has a hold: most sweeps have none."""
         holds = self.manifest.holds
         if not holds:
             return False
         hold = holds.get((st.st_dev, st.st_ino))
-        return hold is not None and hold.mtime_ns == st.st_mtime_ns and now < hold.until
+        return hold is not None and hold.mtime_ns == st.st_mtime_ns and self.clock() < hold.until
 
     # -- moving a file in ----------------------------------------------------------------
 

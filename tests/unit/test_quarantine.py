@@ -322,7 +322,7 @@ def test_compaction_keeps_live_entries_and_holds(tree: Tree) -> None:
     store.reconcile()
     kept = list(lines(tree.root / "q" / "manifest.jsonl"))
     assert len(kept) == 1 and json.loads(kept[0])["hold"][1] == entries[0].ino
-    assert store.held(os.stat(tree.uploads / "session_0.json"), clock())
+    assert store.held(os.stat(tree.uploads / "session_0.json"))
     store.close()
 
 
@@ -409,6 +409,6 @@ def test_a_manifest_of_old_lines_still_folds(tree: Tree) -> None:
     store = Store(tree.root / "q", clock)
     assert store.reconcile().dropped == []
     assert list(store.entries()) == [ids[2]]
-    assert store.held(os.stat(paths[0]), clock())
+    assert store.held(os.stat(paths[0]))
     assert store.counts()["sessions"].files == 1
     store.close()
