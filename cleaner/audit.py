@@ -22,6 +22,11 @@ from cleaner.sweep_result import Removal
 
 log = logging.getLogger(__name__)
 
+#: One encoder for every line (json.dumps with these options builds one per call): the
+#: same bytes, a sweep writes one line per file. ensure_ascii keeps names that are not
+#: UTF-8 (surrogate escapes) valid JSON.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, sort_keys=True)
+
 
 class AuditLog:
     """Appends one JSON object per line; a write that fails is logged, never fatal."""
@@ -79,8 +84,7 @@ class AuditLog:
             record["id"] = removal.quarantine_id
         if removal.reason is not None:
             record["reason"] = removal.reason
-        # ensure_ascii keeps names that are not UTF-8 (surrogate escapes) valid JSON.
-        line = json.dumps(record, ensure_ascii=True, sort_keys=True) + "\n"
+        line = _ENCODER.encode(record) + "\n"
         try:
             os.write(fd, line.encode("ascii"))
         except OSError as exc:

@@ -84,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
         "session_files": ["session_{id}.json", "temp_audio_{id}.wav"],
         "final_files": ["final_{id}.mp4"],
         "full_read_every": "5m",
+        "quarantine": None,
     },
     "jobs": {
         "stale_after": {"running": "3m", "queued": "2m"},

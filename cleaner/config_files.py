@@ -59,6 +59,8 @@ def read_files(reader: Reader, raw: object, defaults: Mapping[str, Any]) -> File
             )
         elif glob and glob_problem(glob):
             reader.fail(f"files.protect[{i}]", f"{glob_problem(glob)}, got {show(glob)}")
+    # The section's quarantine is every rule's that has no ``quarantine`` key of its own.
+    default_quarantine = read_quarantine(reader, section["quarantine"], "files.quarantine")
     rules: list[Rule] = []
     raw_rules = section["rules"]
     if not isinstance(raw_rules, list):
@@ -101,7 +103,11 @@ def read_files(reader: Reader, raw: object, defaults: Mapping[str, Any]) -> File
                 max_age=reader.duration(entry.get("max_age", 0), f"{path}.max_age"),
                 directories=rule_dirs,
                 recursive=reader.boolean(entry.get("recursive", False), f"{path}.recursive"),
-                quarantine=read_quarantine(reader, entry.get("quarantine"), f"{path}.quarantine"),
+                quarantine=(
+                    read_quarantine(reader, entry["quarantine"], f"{path}.quarantine")
+                    if "quarantine" in entry
+                    else default_quarantine
+                ),
             )
         )
     templates: dict[str, tuple[str, ...]] = {}
@@ -120,6 +126,7 @@ def read_files(reader: Reader, raw: object, defaults: Mapping[str, Any]) -> File
         templates["session_files"],
         templates["final_files"],
         reader.duration(section["full_read_every"], "files.full_read_every", MAX_INTERVAL),
+        default_quarantine,
     )
 
 
@@ -134,7 +141,8 @@ def parse_size(value: object) -> int:
 
 
 def read_quarantine(reader: Reader, raw: object, path: str) -> QuarantineConfig | None:
-    """A rule's ``quarantine: {directory, retention, max_bytes}``; null or absent: none.
+    """A ``quarantine: {directory, retention, max_bytes}`` of a rule or of the section;
+    null or false: none.
 
     Where the directory lies (same filesystem, outside every swept directory) needs the
     disk: cleaner.quarantine.placement_problems, which cleaner.config.load runs.

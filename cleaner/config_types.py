@@ -46,6 +46,8 @@ class FilesConfig:
     final_files: tuple[str, ...] = ()
     #: Seconds between two sweeps that read every directory (see cleaner.memory).
     full_read_every: float = 300.0
+    #: ``files.quarantine``: the quarantine of every rule without a ``quarantine`` key.
+    quarantine: QuarantineConfig | None = None
 
     def all_directories(self) -> tuple[Path, ...]:
         """Every directory some rule sweeps, each once, in configuration order."""

@@ -30,7 +30,8 @@ from cleaner.files import sweep
 from cleaner.jobs.force_clean import ForceCleanReport
 from cleaner.jobs.reaper import STATS_EVERY, CycleReport, JobReaper
 from cleaner.memory import SweepMemory
-from cleaner.quarantine import Expired, QuarantineError, Quarantines, RuleCounts, expired_counts
+from cleaner.quarantine import QuarantineError, Quarantines
+from cleaner.quarantine_expiry import Expired, RuleCounts, expired_counts
 from cleaner.report import format_duration
 from cleaner.state import ApiHealth, StageErrors, State, StateStore
 from cleaner.sweep_result import SweepResult

@@ -89,7 +89,7 @@ class Candidate:
     ``mount`` is the mount id of the walk's root (None: the parent directory's is asked).
     """
 
-    __slots__ = ("dir_fd", "directory", "mount", "name", "quarantine_id", "rule", "st")
+    __slots__ = ("_path", "dir_fd", "directory", "mount", "name", "quarantine_id", "rule", "st")
 
     def __init__(
         self,
@@ -108,10 +108,15 @@ class Candidate:
         self.mount = mount
         #: Set by remove_candidate when the file went to its rule's quarantine.
         self.quarantine_id: str | None = None
+        self._path: str | None = None
 
     @property
     def path(self) -> str:
-        return _display(self.directory, self.name)
+        """Built when first asked (a quarantine's manifest line, then the removal's report)."""
+        path = self._path
+        if path is None:
+            path = self._path = _display(self.directory, self.name)
+        return path
 
 
 #: How many levels below a root the walk descends; deeper directories are counted as
@@ -468,7 +473,7 @@ def remove_candidate(
         candidate.st = now_st  # the same file; its link count right before the unlink
         try:
             store = None if quarantines is None else quarantines.for_rule(candidate.rule)
-            if store is not None and store.held(now_st, store.clock()):
+            if store is not None and store.held(now_st):
                 result.skip("restored")
                 return False
             if store is not None:

@@ -25,176 +25,37 @@ lines that end an entry, then the ``add`` lines not ended), so memory is bounded
 lines that ended an entry since the last compaction, not by what the quarantine holds.
 The ``add`` lines are in the order the files were quarantined, oldest first.
 ``compact`` rewrites the file with only the live entries and the holds (temporary file,
-fsync, rename), under the quarantine's lock.
+fsync, rename), under the quarantine's lock. The lines themselves are
+``cleaner.manifest_lines``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from json.encoder import encode_basestring_ascii
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from cleaner.manifest_lines import (
+    ADD_MARK,
+    ID_MARK,
+    OPS,
+    Entry,
+    Hold,
+    RuleTally,
+    encode,
+    encode_add,
+    ending,
+    parse_entry,
+    parse_hold,
+    parse_line,
+)
 
 log = logging.getLogger(__name__)
 
-#: A quarantine id: the time quarantined (seconds, hex) and 48 random bits. Anything else
-#: given to ``restore`` is refused before the disk is touched.
-ID_RE = re.compile(r"^[0-9a-f]{8,12}-[0-9a-f]{12}$")
-OPS = ("add", "restore", "expire", "drop")
-#: An ``add`` line as ``encode`` writes it (sorted keys): found without parsing it.
-_ADD = b'"op": "add"'
-_ID = b'"id": "'
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One file in the quarantine, as its ``add`` line describes it."""
-
-    id: str
-    path: str
-    rule: str
-    size: int
-    allocated: int
-    mtime_ns: int
-    uid: int
-    gid: int
-    mode: int
-    dev: int
-    ino: int
-    time: float
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.path)
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """A restored file (its device, inode and mtime) the sweep leaves alone until ``until``."""
-
-    dev: int
-    ino: int
-    mtime_ns: int
-    until: float
-
-
-@dataclass
-class RuleTally:
-    """What one rule holds: files, allocated bytes, and the oldest time quarantined."""
-
-    files: int = 0
-    bytes: int = 0
-    oldest: float = float("inf")
-
-
-def _entry(raw: dict[str, object]) -> Entry | None:
-    try:
-        entry = Entry(
-            id=str(raw["id"]),
-            path=str(raw["path"]),
-            rule=str(raw["rule"]),
-            size=int(raw["size"]),  # type: ignore[call-overload]
-            allocated=int(raw["allocated"]),  # type: ignore[call-overload]
-            mtime_ns=int(raw["mtime_ns"]),  # type: ignore[call-overload]
-            uid=int(raw["uid"]),  # type: ignore[call-overload]
-            gid=int(raw["gid"]),  # type: ignore[call-overload]
-            mode=int(raw["mode"]),  # type: ignore[call-overload]
-            dev=int(raw["dev"]),  # type: ignore[call-overload]
-            ino=int(raw["ino"]),  # type: ignore[call-overload]
-            time=float(raw["time"]),  # type: ignore[arg-type]
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
-    return entry if ID_RE.match(entry.id) and os.path.isabs(entry.path) else None
-
-
-def add_record(entry: Entry) -> dict[str, object]:
-    return {"op": "add", **asdict(entry)}
-
-
-def encode(record: dict[str, object]) -> bytes:
-    """One line; ensure_ascii keeps names that are not UTF-8 (surrogate escapes) valid."""
-    return (json.dumps(record, ensure_ascii=True, sort_keys=True) + "\n").encode("ascii")
-
-
-def encode_add(entry: Entry) -> bytes:
-    """``encode(add_record(entry))``, byte for byte."""
-    return add_line(
-        entry.id,
-        entry.path,
-        entry.rule,
-        entry.size,
-        entry.allocated,
-        entry.mtime_ns,
-        entry.uid,
-        entry.gid,
-        entry.mode,
-        entry.dev,
-        entry.ino,
-        entry.time,
-    )
-
-
-def add_line(
-    qid: str,
-    path: str,
-    rule: str,
-    size: int,
-    allocated: int,
-    mtime_ns: int,
-    uid: int,
-    gid: int,
-    mode: int,
-    dev: int,
-    ino: int,
-    when: float,
-) -> bytes:
-    """The ``add`` line of these fields as ``encode`` writes it, without the generic
-    encoder nor an ``Entry``: a sweep writes one per file."""
-    return (
-        f'{{"allocated": {allocated}, "dev": {dev}, "gid": {gid}, "id": "{qid}", '
-        f'"ino": {ino}, "mode": {mode}, "mtime_ns": {mtime_ns}, "op": "add", '
-        f'"path": {encode_basestring_ascii(path)}, "rule": {encode_basestring_ascii(rule)}, '
-        f'"size": {size}, "time": {float(when)!r}, "uid": {uid}}}\n'
-    ).encode("ascii")
-
-
-def ending(op: str, entry: Entry, now: float, **extra: object) -> dict[str, object]:
-    """A line that ends ``entry`` (restore, expire, drop), with its rule and bytes."""
-    return {
-        "op": op,
-        "id": entry.id,
-        "time": now,
-        "rule": entry.rule,
-        "allocated": entry.allocated,
-        **extra,
-    }
-
-
-def _parse(line: bytes) -> dict[str, object] | None:
-    try:
-        raw = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    return raw if isinstance(raw, dict) else None
-
-
-def _hold(raw: dict[str, object]) -> Hold | None:
-    """The hold a ``restore`` line carries itself (``hold``: device, inode, mtime)."""
-    until, held = raw.get("hold_until"), raw.get("hold")
-    if not isinstance(until, int | float) or not isinstance(held, list):
-        return None
-    try:
-        dev, ino, mtime_ns = (int(v) for v in held)
-    except (TypeError, ValueError):
-        return None
-    return Hold(dev, ino, mtime_ns, float(until))
 
 
 def _lines(fd: int, start: int, end: int) -> Iterator[tuple[bytes, int]]:
@@ -249,14 +110,14 @@ class Scan:
             for line, after in _lines(fd, 0, end):
                 scan.end = after
                 scan.lines += 1
-                if _ADD in line:
+                if ADD_MARK in line:
                     continue
-                raw = _parse(line)
+                raw = parse_line(line)
                 qid = None if raw is None else raw.get("id")
                 if raw is None or raw.get("op") not in OPS or not isinstance(qid, str):
                     scan.bad_lines += 1
                     continue
-                hold = _hold(raw) if raw["op"] == "restore" else None
+                hold = parse_hold(raw) if raw["op"] == "restore" else None
                 if hold is not None:
                     scan.holds[(hold.dev, hold.ino)] = hold
                 if qid == "-":  # a compacted hold
@@ -274,15 +135,15 @@ class Scan:
         self.live = 0
         ended = self.ended
         for line, _ in _lines(self.fd, 0, self.end):
-            if _ADD not in line:
+            if ADD_MARK not in line:
                 continue
             if ended:  # an ended entry is skipped without parsing its line
-                at = line.find(_ID) + len(_ID)
+                at = line.find(ID_MARK) + len(ID_MARK)
                 qid = line[at : line.find(b'"', at)].decode("ascii", "replace")
                 if qid in ended and ended[qid] is None:
                     continue
-            raw = _parse(line)
-            entry = None if raw is None else _entry(raw)
+            raw = parse_line(line)
+            entry = None if raw is None else parse_entry(raw)
             if entry is None:
                 continue
             if entry.id in self.ended:
@@ -374,12 +235,12 @@ class Manifest:
     def _count(self, line: bytes) -> None:
         """Folds one new line into the tally and the holds."""
         self.lines += 1
-        raw = _parse(line)
+        raw = parse_line(line)
         if raw is None or self.tally is None:
             return
         op, rule = raw.get("op"), raw.get("rule")
         if op == "add":
-            entry = _entry(raw)
+            entry = parse_entry(raw)
             if entry is not None:
                 counts = self.tally.setdefault(entry.rule, RuleTally())
                 counts.files += 1
@@ -387,7 +248,7 @@ class Manifest:
                 counts.oldest = min(counts.oldest, entry.time)
                 self.live += 1
             return
-        hold = _hold(raw) if op == "restore" else None
+        hold = parse_hold(raw) if op == "restore" else None
         if hold is not None:
             self.holds[(hold.dev, hold.ino)] = hold
         if raw.get("id") == "-" or op not in OPS:
@@ -517,9 +378,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def lines(path: Path) -> Iterator[bytes]:
-    """The manifest's lines, for tests and tools."""
-    with path.open("rb") as handle:
-        yield from (line.rstrip(b"\n") for line in handle if line.strip())

@@ -17,9 +17,8 @@ A crash loses nothing: the manifest line is written before the rename, so ``reco
 (dropped: the file never left, or was restored or expired right before the crash) or a
 file without an entry (not limpeza's doing: listed as orphaned and kept).
 
-``expire`` unlinks entries older than their rule's ``retention``, then the oldest of a
-rule over its ``max_bytes``; it returns what it did, and the caller audits and counts it.
-Restoring is ``cleaner.restore``.
+Expiry and purge (unlinking entries for good) are ``cleaner.quarantine_expiry``, restoring
+is ``cleaner.restore``.
 
 A sweep moves many files: it takes the lock at its first file and keeps it for its group
 commit (``sync_every``, a second), then fsyncs and lets it go, so a ``restore`` waits at
@@ -46,9 +45,10 @@ from pathlib import Path
 from typing import Any
 
 from cleaner.config_types import FilesConfig, QuarantineConfig, Rule
-from cleaner.manifest import Entry, Manifest, RuleTally, add_line
+from cleaner.manifest import Manifest
+from cleaner.manifest_lines import Entry, RuleTally, add_line
+from cleaner.quarantine_expiry import Expired, RuleCounts, expire
 from cleaner.state import write_json_atomic
-from cleaner.sweep_result import Removal
 
 log = logging.getLogger(__name__)
 
@@ -107,47 +107,6 @@ class QuarantineHooks:
 
 
 NO_HOOKS = QuarantineHooks()
-
-
-@dataclass
-class RuleCounts:
-    files: int = 0
-    bytes: int = 0
-
-
-@dataclass
-class Expired:
-    """One entry unlinked by ``expire`` or ``purge``: the entry, why, the bytes freed."""
-
-    entry: Entry
-    reason: str
-    freed: int
-
-    def removal(self, now: float) -> Removal:
-        """Its audit log line."""
-        entry = self.entry
-        mtime = entry.mtime_ns / 1e9
-        return Removal(
-            entry.rule,
-            entry.path,
-            entry.size,
-            now - mtime,
-            mtime,
-            self.freed,
-            entry.id,
-            action="expire",
-            reason=self.reason,
-        )
-
-
-def expired_counts(gone: list[Expired]) -> dict[str, RuleCounts]:
-    """Files expired and bytes freed, per rule."""
-    per_rule: dict[str, RuleCounts] = {}
-    for item in gone:
-        counts = per_rule.setdefault(item.entry.rule, RuleCounts())
-        counts.files += 1
-        counts.bytes += item.freed
-    return per_rule
 
 
 @dataclass
@@ -251,13 +210,14 @@ class Store:
             return False
         return True
 
-    def held(self, st: os.stat_result, now: float) -> bool:
-        """Whether this file was restored lately and is to be left alone (a Hold)."""
+    def held(self, st: os.stat_result) -> bool:
+        """Whether this file was restored lately and is to be left alone (a Hold). The
+        clock is only read for a file that has a hold: most sweeps have none."""
         holds = self.manifest.holds
         if not holds:
             return False
         hold = holds.get((st.st_dev, st.st_ino))
-        return hold is not None and hold.mtime_ns == st.st_mtime_ns and now < hold.until
+        return hold is not None and hold.mtime_ns == st.st_mtime_ns and self.clock() < hold.until
 
     # -- moving a file in ----------------------------------------------------------------
 
@@ -306,7 +266,7 @@ class Store:
             ):
                 self.sync()
 
-    # -- reconciliation, expiry, purge ----------------------------------------------------
+    # -- reconciliation ----------------------------------------------------
 
     def reconcile(self) -> Reconciled:
         """Drops entries without a file, lists files without an entry (kept), compacts.
@@ -337,7 +297,7 @@ class Store:
                 with self.manifest.scan() as scan:
                     live = {entry.id for entry in scan.entries()}
                 done.orphans = sorted(n for n in os.listdir(self.files_fd) if n not in live)
-            self._compact_if_dead(now)
+            self.compact_if_dead(now)
         self.orphans = done.orphans
         for qid in done.dropped:
             log.info(
@@ -353,102 +313,14 @@ class Store:
             )
         return done
 
-    def _compact_if_dead(self, now: float) -> None:
-        """Compacts the manifest when its dead lines are many (under the lock)."""
+    def compact_if_dead(self, now: float) -> None:
+        """Compacts the manifest when its dead lines are many (under the lock): after
+        reconciliation, expiry and a purge."""
         manifest = self.manifest
         manifest.refresh()
         dead = manifest.lines - manifest.live
         if dead >= COMPACT_AFTER and (dead > manifest.live or dead >= COMPACT_ALWAYS):
             manifest.compact(now)
-
-    def _unlink(self, entry: Entry, reason: str) -> Expired | None:
-        try:
-            st = os.stat(entry.id, dir_fd=self.files_fd, follow_symlinks=False)
-            os.unlink(entry.id, dir_fd=self.files_fd)
-        except FileNotFoundError:
-            st = None
-        self.manifest.end("expire", entry, self.clock(), reason=reason)
-        if st is None:
-            return None
-        return Expired(entry, reason, st.st_blocks * 512 if st.st_nlink == 1 else 0)
-
-    def expire(
-        self,
-        retention: Callable[[str], float],
-        max_bytes: Callable[[str], int],
-        on_expired: Callable[[Expired], None] | None = None,
-    ) -> list[Expired]:
-        """Unlinks the entries past their rule's retention, then the oldest of each rule over
-        its max_bytes (0: no limit); returns them (or gives each to ``on_expired`` and
-        returns none, so that nothing grows with what goes).
-
-        The manifest is not read when no rule's oldest entry is past its retention and no
-        rule is over its max_bytes (counted as lines are written). Otherwise it is streamed
-        oldest first (the order files were quarantined) and the read stops at the first
-        entry younger than every retention once no rule is over its max_bytes.
-        """
-        done: list[Expired] = []
-        keep = done.append if on_expired is None else on_expired
-        with self.locked():
-            now = self.clock()
-            tally = self.manifest.tally or {}
-            over = {r for r, t in tally.items() if max_bytes(r) and t.bytes > max_bytes(r)}
-            due = [r for r, t in tally.items() if t.files and now - t.oldest >= retention(r)]
-            if not over and not due:
-                return done
-            youngest = min((retention(r) for r in tally), default=0.0)
-            with self.manifest.scan() as scan:
-                # Over max_bytes: what each such rule keeps once retention has been applied.
-                kept = dict.fromkeys(over, 0)
-                if over:
-                    for entry in scan.entries():
-                        if entry.rule in kept and now - entry.time < retention(entry.rule):
-                            kept[entry.rule] += entry.allocated
-                oldest: dict[str, float] = {}
-                whole = True
-                for entry in scan.entries():
-                    rule = entry.rule
-                    if now - entry.time >= retention(rule):
-                        reason = "retention"
-                    elif rule in kept and kept[rule] > max_bytes(rule):
-                        reason = "max_bytes"
-                        kept[rule] -= entry.allocated
-                    else:
-                        oldest.setdefault(rule, entry.time)
-                        if now - entry.time < youngest and all(
-                            k <= max_bytes(r) for r, k in kept.items()
-                        ):
-                            whole = False
-                            break
-                        continue
-                    gone = self._unlink(entry, reason)
-                    if gone is not None:
-                        keep(gone)
-            if self.manifest.tally is not None:  # the oldest left, as far as it was read
-                for rule, counts in self.manifest.tally.items():
-                    counts.oldest = oldest.get(rule, float("inf") if whole else counts.oldest)
-            self._compact_if_dead(now)
-        return done
-
-    def purge(
-        self,
-        older_than: float | None = None,
-        on_expired: Callable[[Expired], None] | None = None,
-    ) -> list[Expired]:
-        """Unlinks every entry (or those quarantined more than ``older_than`` ago); returns
-        them, or gives each to ``on_expired``."""
-        done: list[Expired] = []
-        keep = done.append if on_expired is None else on_expired
-        with self.locked():
-            now = self.clock()
-            with self.manifest.scan() as scan:
-                for entry in scan.entries():
-                    if older_than is None or now - entry.time >= older_than:
-                        gone = self._unlink(entry, "purge")
-                        if gone is not None:
-                            keep(gone)
-            self._compact_if_dead(now)
-        return done
 
     # -- what is in it ---------------------------------------------------------------------
 
@@ -561,7 +433,7 @@ class Quarantines:
         done: dict[Store, list[Expired]] = {}
         for directory in self.rules:
             store = self.store(directory)
-            done[store] = store.expire(*self._setting(directory))
+            done[store] = expire(store, *self._setting(directory))
         return done
 
     def sync(self) -> None:

@@ -27,10 +27,18 @@ from typing import Any
 from cleaner.audit import AuditLog
 from cleaner.config import Config
 from cleaner.daemon import apply_expired
-from cleaner.manifest import Entry
-from cleaner.quarantine import Expired, QuarantineError, Quarantines, RuleCounts, Store
+from cleaner.manifest_lines import Entry
+from cleaner.quarantine import QuarantineError, Quarantines, Store
+from cleaner.quarantine_expiry import Expired, RuleCounts, purge
 from cleaner.report import Printable, format_age, format_bytes
-from cleaner.restore import Outcome, check_selectors, restore_entry, select
+from cleaner.restore import (
+    Outcome,
+    check_orphan_name,
+    check_selectors,
+    restore_entry,
+    restore_orphan,
+    select,
+)
 from cleaner.state import State, record
 from cleaner.sweep_result import Removal
 
@@ -61,6 +69,9 @@ def add_parsers(sub: Any, duration: Callable[[str], float]) -> None:
     restore.add_argument("--session", metavar="ID", help="every file of this session")
     restore.add_argument("--path", metavar="ORIGINAL", help="the latest file taken from there")
     restore.add_argument("--to", metavar="DIR", help="into this directory instead")
+    restore.add_argument(
+        "--orphan", metavar="NAME", help="a file without a manifest entry (needs --to DIR)"
+    )
     restore.add_argument("--dry-run", action="store_true", help="report, change nothing")
 
 
@@ -155,9 +166,13 @@ def _audit(audit: AuditLog, entry: Entry, action: str, now: float, **extra: Any)
 
 
 def cmd_restore(args: argparse.Namespace, config: Config) -> int:
+    if args.orphan is not None:
+        return _restore_orphan(args, config)
     if not (args.ids or args.session or args.path):
         print(
-            "limpeza-cleaner: restore needs IDs, --session ID or --path ORIGINAL", file=sys.stderr
+            "limpeza-cleaner: restore needs IDs, --session ID, --path ORIGINAL "
+            "or --orphan NAME --to DIR",
+            file=sys.stderr,
         )
         return EXIT_USAGE
     quarantines = _open(config)
@@ -212,6 +227,65 @@ def cmd_restore(args: argparse.Namespace, config: Config) -> int:
     return EXIT_ERRORS if failed else EXIT_OK
 
 
+def _restore_orphan(args: argparse.Namespace, config: Config) -> int:
+    """``restore --orphan NAME --to DIR``: an orphan has no original path on record."""
+    problem = None
+    if args.ids or args.session or args.path:
+        problem = "--orphan restores one orphaned file alone; give no IDs, --session or --path"
+    elif args.to is None:
+        problem = (
+            "an orphaned file has no manifest entry, so its original path is unknown "
+            "(the audit log may have it): name the directory to restore it into with --to DIR"
+        )
+    else:
+        try:
+            check_orphan_name(args.orphan)
+        except ValueError as exc:
+            problem = f"{exc}; nothing restored"
+    if problem is not None:
+        print(f"limpeza-cleaner: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    quarantines = _open(config)
+    if quarantines is None:
+        return EXIT_USAGE
+    try:
+        stores = [s for s in _stores(quarantines) if args.orphan in s.orphans]
+        if len(stores) != 1:
+            where = (
+                "in several quarantines" if stores else "no such orphaned file in the quarantine"
+            )
+            print(f"limpeza-cleaner: {Printable(args.orphan)}: {where}", file=sys.stderr)
+            return EXIT_ERRORS
+        [store] = stores
+        hold = max(
+            (
+                rule.quarantine.retention
+                for rule in quarantines.rules[store.directory]
+                if rule.quarantine
+            ),
+            default=DEFAULT_HOLD,
+        )
+        target, why = restore_orphan(
+            store, args.orphan, Path(args.to), hold_for=hold, dry_run=args.dry_run
+        )
+        if why is not None:
+            print(
+                f"not restored: {Printable(args.orphan)} to {Printable(target)}: {why}",
+                file=sys.stderr,
+            )
+            return EXIT_ERRORS
+        verb = "would restore" if args.dry_run else "restored"
+        print(f"{verb} orphan {Printable(args.orphan)} to {Printable(target)}")
+        if not args.dry_run:
+            store.write_summary(restored={}, expired={})
+    except QuarantineError as exc:
+        print(f"limpeza-cleaner: {exc}", file=sys.stderr)
+        return EXIT_ERRORS
+    finally:
+        quarantines.close()
+    return EXIT_OK
+
+
 def _print(outcome: Outcome, dry_run: bool) -> None:
     entry = outcome.entry
     if outcome.restored:
@@ -261,7 +335,7 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
                     tally.files += 1
                     tally.bytes += item.freed
 
-                store.purge(args.older_than, on_expired=expired)
+                purge(store, args.older_than, on_expired=expired)
                 for rule, tally in counts.items():
                     delta.add(delta.bytes_removed, rule, tally.bytes)
                     total += tally.files

@@ -20,23 +20,30 @@ def placement_problems(files: FilesConfig) -> list[str]:
     It must be on the filesystem of every directory its rule sweeps (a rename; a
     quarantine never copies), and neither inside a swept directory nor holding one. A
     directory that does not exist yet is judged by its nearest existing parent; a swept
-    directory that does not exist cannot be judged (it is reported as missing anyway).
+    directory that does not exist cannot be judged (it is reported as missing anyway). A
+    rule that takes ``files.quarantine`` has its problems told under that key, once.
     """
-    problems: list[str] = []
+    problems: dict[str, None] = {}
     swept = files.all_directories()
     for index, rule in enumerate(files.rules):
         if rule.quarantine is None:
             continue
-        where = f"files.rules[{index}].quarantine.directory"
+        inherited = rule.quarantine is files.quarantine
+        where = (
+            "files.quarantine.directory"
+            if inherited
+            else f"files.rules[{index}].quarantine.directory"
+        )
+        sweeper = f" (rule {rule.name})" if inherited else ""
         target = rule.quarantine.directory
         real = Path(os.path.realpath(target))
         for directory in swept:
             other = Path(os.path.realpath(directory))
             if real == other or other in real.parents or real in other.parents:
-                problems.append(
+                problems[
                     f"{where}: {str(target)!r} is inside swept directory {str(directory)!r} "
                     "or holds it; a quarantine must be outside every swept directory"
-                )
+                ] = None
         device = _device(real)
         for directory in rule.directories:
             try:
@@ -44,12 +51,12 @@ def placement_problems(files: FilesConfig) -> list[str]:
             except OSError:
                 continue
             if device is not None and device != theirs:
-                problems.append(
+                problems[
                     f"{where}: {str(target)!r} is on another filesystem than {str(directory)!r}, "
-                    "which the rule sweeps; a quarantine moves files and never copies them: "
-                    "put it on the same filesystem"
-                )
-    return problems
+                    f"which the rule sweeps{sweeper}; a quarantine moves files and never copies "
+                    "them: put it on the same filesystem"
+                ] = None
+    return list(problems)
 
 
 def _device(path: Path) -> int | None:

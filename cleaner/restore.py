@@ -16,6 +16,12 @@ Ids come from outside: only ``ID_RE`` is accepted (no ``/``, no ``..``), and a r
 never follows a symlink in the quarantine.
 
 ``select`` reads the entries once, as a stream, and keeps only those chosen.
+
+An orphan (a file in ``files/`` without a manifest entry, listed by ``quarantine list``)
+has no original path on record: ``restore_orphan`` moves it, under its own name, into a
+directory the operator names, the same way (never over a name, never a copy). The rename
+keeps its inode, so its mode, owner and mtime are still the original ones; a hold line
+(``"id": "-"``, the form a compaction writes) keeps the sweep off it as for any restore.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 from stat import S_ISREG
 
 from cleaner.config_types import FilesConfig
-from cleaner.manifest import ID_RE, Entry
+from cleaner.manifest_lines import ID_RE, Entry
 from cleaner.quarantine import Store, rename_noreplace
 from cleaner.sessions import session_file_names, validate_session_id
 
@@ -184,3 +190,50 @@ def _reset_metadata(store: Store, entry: Entry) -> str | None:
     finally:
         os.close(fd)
     return None
+
+
+def check_orphan_name(name: str) -> None:
+    """ValueError unless ``name`` could be a file of ``files/``: a plain base name."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise ValueError(
+            f"invalid orphan name {repr(name)[:80]}: expected what `quarantine list` shows"
+        )
+
+
+def restore_orphan(
+    store: Store, name: str, to: Path, *, hold_for: float, dry_run: bool = False
+) -> tuple[str, str | None]:
+    """Moves the orphan ``name`` of ``store`` to ``to/name``; the target, and a problem or
+    None. Only a name ``reconcile`` found without an entry is taken (``store.orphans``)."""
+    check_orphan_name(name)
+    target = str(to / name)
+    with store.locked():
+        if name not in store.orphans or not store.holds_file(name):
+            return target, "no such orphaned file in the quarantine"
+        try:
+            dir_fd = os.open(to, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            return target, f"cannot open {to}: {exc.strerror or exc}"
+        try:
+            st = os.stat(name, dir_fd=store.files_fd, follow_symlinks=False)
+            if not S_ISREG(st.st_mode):
+                return target, "not a regular file in the quarantine; left alone"
+            if _exists(dir_fd, name):
+                return target, "a file of that name exists; not overwritten"
+            if dry_run:
+                return target, None
+            try:
+                rename_noreplace(store.files_fd, name, dir_fd, name)
+            except FileExistsError:
+                return target, "a file of that name exists; not overwritten"
+            except OSError as exc:
+                if exc.errno == errno.EXDEV:
+                    return target, "on another filesystem than the quarantine (never copied)"
+                return target, exc.strerror or str(exc)
+        finally:
+            os.close(dir_fd)
+        store.orphans = [n for n in store.orphans if n != name]
+        hold = [st.st_dev, st.st_ino, st.st_mtime_ns]
+        until = store.clock() + hold_for
+        store.manifest.append({"op": "restore", "id": "-", "hold": hold, "hold_until": until})
+    return target, None

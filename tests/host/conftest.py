@@ -43,6 +43,22 @@ APP_GROUP = "www-data"
 SCRAPE_USER = "prometheus"
 SCRAPE_PASSWORD = "scrape-s3cret"
 PROMETHEUS_CA = "/etc/prometheus/limpeza-ca.crt"
+#: A rule of the deployment keeps what it takes here (outside the swept directories, on
+#: their filesystem), to be restored; the role creates the directory.
+QUARANTINE = "/srv/app/.limpeza-quarantine"
+QUARANTINE_RULE = {
+    "name": "undo",
+    "pattern": "undo_*.dat",
+    "max_age": "1h",
+    "quarantine": {"directory": QUARANTINE, "retention": "7d", "max_bytes": "1GB"},
+}
+#: The role's default rules, and the quarantine rule.
+RULES = [
+    {"name": "sessions", "pattern": "session_*.json", "max_age": "24h"},
+    {"name": "temp_audio", "pattern": "temp_audio_*.wav", "max_age": "24h"},
+    {"name": "final_videos", "pattern": "final_*.mp4", "max_age": "24h"},
+    QUARANTINE_RULE,
+]
 
 pytestmark = pytest.mark.host
 
@@ -210,6 +226,7 @@ def _write_inventory(
                             "error_message_column": "error_message",
                         },
                         "limpeza_cleaner_supplementary_groups": [APP_GROUP],
+                        "limpeza_files_rules": RULES,
                         # TLS and basic auth from the role's variables (the key and the
                         # password would come from the vault).
                         "limpeza_exporter_tls_cert": tls.cert.read_text(encoding="ascii"),

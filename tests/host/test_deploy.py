@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.error
 import urllib.request
@@ -15,7 +16,9 @@ import yaml
 from tests.fixtures.nspawn import Target
 from tests.host.conftest import (
     APP_GROUP,
+    BACKEND_UPLOADS,
     PROMETHEUS_HOST,
+    QUARANTINE,
     SCRAPE_PASSWORD,
     UPLOADS,
     Deployment,
@@ -161,8 +164,11 @@ def test_cleaner_unit_specifics(host: Any) -> None:
     properties = host.service("limpeza-cleaner.service").systemd_properties
     assert "/bin/kill" in properties["ExecReload"] and "-HUP" in properties["ExecReload"]
     writable = properties["ReadWritePaths"].split()
+    # The swept directories, and the deepest directory holding the deployment's quarantine
+    # and the directories its rule sweeps (a rename never crosses the sandbox's mounts).
+    quarantine_root = os.path.commonpath([QUARANTINE, BACKEND_UPLOADS, UPLOADS])
     assert sorted(p.lstrip("-") for p in writable) == sorted(
-        ["/srv/app/backend/app/uploads", UPLOADS]
+        [BACKEND_UPLOADS, UPLOADS, quarantine_root]
     )
     assert properties["SupplementaryGroups"] == APP_GROUP
     assert properties["PrivateTmp"] == "yes"

@@ -293,3 +293,52 @@ def test_once_expires_the_quarantine_as_the_daemon_does(tree: Tree) -> None:
     assert _entries(config) == [] and os.listdir(tree.root / "q" / "files") == []
     summary = json.loads((tree.root / "q" / "summary.json").read_text())
     assert summary["expired"] == {"sessions": 1} and summary["rules"] == {}
+
+
+def test_an_orphan_is_restored_only_into_a_directory_the_operator_names(tree: Tree) -> None:
+    config = _write(tree)
+    tree.file("session_a.json", age=2 * DAY, now=time.time())
+    assert _cli(config, "once").returncode == 0
+    # A file of the quarantine without its manifest line (lost to a power cut, say), named
+    # as a session file and old: once back in a swept directory, the sweep would take it.
+    orphan = tree.root / "q" / "files" / "session_lost.json"
+    orphan.write_bytes(b"the user's work")
+    orphan.chmod(0o640)
+    old = time.time() - 3 * DAY
+    os.utime(orphan, (old, old))
+    inode = orphan.stat().st_ino
+
+    no_dir = _cli(config, "restore", "--orphan", "session_lost.json")
+    assert no_dir.returncode == 2 and "--to DIR" in no_dir.stderr, no_dir.stderr
+    for hostile in ("../../etc/passwd", "..", "files/x", ""):
+        done = _cli(config, "restore", "--orphan", hostile, "--to", str(tree.uploads))
+        assert done.returncode == 2 and "invalid orphan name" in done.stderr, (hostile, done)
+    mixed = _cli(config, "restore", "--session", "a", "--orphan", "session_lost.json")
+    assert mixed.returncode == 2
+    [entry] = _entries(config)  # an entry is not an orphan
+    not_orphan = _cli(config, "restore", "--orphan", str(entry["id"]), "--to", str(tree.uploads))
+    assert not_orphan.returncode == 1 and "no such orphaned file" in not_orphan.stderr
+
+    taken = tree.uploads / "session_lost.json"
+    taken.write_bytes(b"newer")
+    refused = _cli(config, "restore", "--orphan", "session_lost.json", "--to", str(tree.uploads))
+    assert refused.returncode == 1 and "not overwritten" in refused.stderr, refused.stderr
+    assert taken.read_bytes() == b"newer" and orphan.exists()
+    taken.unlink()
+
+    dry = _cli(
+        config, "restore", "--orphan", "session_lost.json", "--to", str(tree.uploads), "--dry-run"
+    )
+    assert dry.returncode == 0 and "would restore orphan" in dry.stdout and orphan.exists()
+    done = _cli(config, "restore", "--orphan", "session_lost.json", "--to", str(tree.uploads))
+    assert done.returncode == 0, done.stderr
+    assert f"restored orphan session_lost.json to {taken}" in done.stdout
+    assert not orphan.exists() and taken.read_bytes() == b"the user's work"
+    st = taken.stat()
+    assert (st.st_ino, st.st_mode & 0o7777, int(st.st_mtime)) == (inode, 0o640, int(old))
+    assert _listed(config)["orphans"] == []
+    # Held from the sweep, as any restored file: its mtime is 3 days old.
+    assert _cli(config, "once").returncode == 0
+    assert taken.exists() and [e["id"] for e in _entries(config)] == [entry["id"]]
+    again = _cli(config, "restore", "--orphan", "session_lost.json", "--to", str(tree.uploads))
+    assert again.returncode == 1 and "no such orphaned file" in again.stderr

@@ -154,3 +154,26 @@ def test_example_inventory_shows_every_variable_with_its_default() -> None:
         if group == "prometheus":
             del expected["limpeza_database_url"]
         assert shown == expected, group
+
+
+def test_the_files_quarantine_is_validated_as_the_cleaner_reads_it() -> None:
+    """limpeza_files_quarantine has the keys of a rule's quarantine (cleaner.config_files),
+    and the role refuses one without a directory or a retention before anything runs."""
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+    from cleaner.config_files import _QUARANTINE_KEYS
+
+    spec = _options("limpeza")["limpeza_files_quarantine"]
+    suboptions = spec["options"]
+    assert isinstance(suboptions, dict)
+    assert set(suboptions) == set(_QUARANTINE_KEYS)
+    validator = ArgumentSpecValidator({"limpeza_files_quarantine": spec})
+    good = {"directory": "/srv/app/.limpeza-quarantine", "retention": "7d", "max_bytes": "5GB"}
+    assert not validator.validate({"limpeza_files_quarantine": good}).error_messages
+    assert not validator.validate({"limpeza_files_quarantine": None}).error_messages
+    for missing in ("directory", "retention"):
+        partial = {k: v for k, v in good.items() if k != missing}
+        errors = validator.validate({"limpeza_files_quarantine": partial}).error_messages
+        assert any(missing in error for error in errors), errors
+    unknown = validator.validate({"limpeza_files_quarantine": {**good, "retain": "1d"}})
+    assert any("retain" in error for error in unknown.error_messages), unknown.error_messages

@@ -14,8 +14,9 @@ from cleaner.audit import AuditLog
 from cleaner.config import Config, ConfigError
 from cleaner.config_files import parse_size
 from cleaner.files import sweep
-from cleaner.manifest import Entry, add_record, encode, encode_add, lines
+from cleaner.manifest_lines import Entry, add_record, encode, encode_add, lines
 from cleaner.quarantine import Quarantines, Store
+from cleaner.quarantine_expiry import purge
 from cleaner.restore import restore_entry, select
 from cleaner.sweep_result import Removal
 from tests.fixtures.trees import DAY, NOW, Tree
@@ -87,6 +88,46 @@ def test_a_quarantine_inside_a_swept_directory_is_refused_at_load(tree: Tree) ->
         config_mod.load(path, {})
     assert caught.value.problems[0].startswith("files.rules[0].quarantine.directory: ")
     assert "inside swept directory" in caught.value.problems[0]
+
+
+def test_the_files_quarantine_is_every_rule_s_without_its_own(tree: Tree) -> None:
+    section = {"directory": str(tree.root / "q"), "retention": "7d", "max_bytes": "1MiB"}
+    own = {"directory": str(tree.root / "own"), "retention": "1d"}
+    rules = [
+        {"name": "sessions", "pattern": "session_*.json", "max_age": "1h"},
+        {"name": "temp_audio", "pattern": "temp_audio_*.wav", "max_age": "1h", "quarantine": own},
+        {"name": "final_videos", "pattern": "final_*.mp4", "max_age": "1h", "quarantine": None},
+    ]
+    files = {"directories": [str(tree.uploads)], "rules": rules, "quarantine": section}
+    config = config_mod.load(tree.write_config(files=files), {})
+    sessions, audio, videos = config.files.rules
+    assert config.files.quarantine is not None
+    assert sessions.quarantine == config.files.quarantine
+    assert (sessions.quarantine.directory, sessions.quarantine.max_bytes) == (
+        tree.root / "q",
+        2**20,
+    )
+    assert audio.quarantine is not None and audio.quarantine.directory == tree.root / "own"
+    assert videos.quarantine is None
+    assert tree.config(files={"directories": [str(tree.uploads)]}).files.quarantine is None
+
+
+def test_a_bad_files_quarantine_is_told_under_its_own_key_once(tree: Tree) -> None:
+    with pytest.raises(ConfigError) as caught:
+        tree.config(files={"quarantine": {"directory": "q", "retention": "7d"}})
+    assert caught.value.problems == [
+        'files.quarantine.directory: expected an absolute path, got "q"'
+    ]
+    rules = [
+        {"name": "sessions", "pattern": "session_*.json", "max_age": "1h"},
+        {"name": "temp_audio", "pattern": "temp_audio_*.wav", "max_age": "1h"},
+    ]
+    inside = {"directory": str(tree.uploads / "q"), "retention": "7d"}
+    files = {"directories": [str(tree.uploads)], "rules": rules, "quarantine": inside}
+    with pytest.raises(ConfigError) as caught:
+        config_mod.load(tree.write_config(files=files), {})
+    [problem] = caught.value.problems
+    assert problem.startswith("files.quarantine.directory: ") and "inside swept" in problem
 
 
 def test_a_quarantine_on_another_filesystem_is_refused_at_load(tree: Tree) -> None:
@@ -275,13 +316,13 @@ def test_compaction_keeps_live_entries_and_holds(tree: Tree) -> None:
             os.close(fd)
     entries = sorted(store.entries().values(), key=lambda e: e.time)
     assert restore_entry(store, entries[0], to=None, hold_for=DAY).restored
-    store.purge()  # all but the restored one expire
+    purge(store)  # all but the restored one expire
     store.close()
     store = Store(tree.root / "q", clock)
     store.reconcile()
     kept = list(lines(tree.root / "q" / "manifest.jsonl"))
     assert len(kept) == 1 and json.loads(kept[0])["hold"][1] == entries[0].ino
-    assert store.held(os.stat(tree.uploads / "session_0.json"), clock())
+    assert store.held(os.stat(tree.uploads / "session_0.json"))
     store.close()
 
 
@@ -368,6 +409,6 @@ def test_a_manifest_of_old_lines_still_folds(tree: Tree) -> None:
     store = Store(tree.root / "q", clock)
     assert store.reconcile().dropped == []
     assert list(store.entries()) == [ids[2]]
-    assert store.held(os.stat(paths[0]), clock())
+    assert store.held(os.stat(paths[0]))
     assert store.counts()["sessions"].files == 1
     store.close()

@@ -173,12 +173,12 @@ def test_role_defaults_are_the_programs_defaults() -> None:
         assert defaults[variable] == value, variable
 
 
-def _unit(tmp_path: Path, *var_files: Path) -> dict[str, list[str]]:
+def _unit(tmp_path: Path, *var_files: Path, role: str = "limpeza_exporter") -> dict[str, list[str]]:
     text = _render(
-        "limpeza_exporter",
-        "limpeza-exporter.service.j2",
+        role,
+        f"{role.replace('_', '-')}.service.j2",
         tmp_path / "unit",
-        *_role_files("limpeza_exporter"),
+        *_role_files(role),
         *var_files,
     )
     settings: dict[str, list[str]] = {}
@@ -220,3 +220,66 @@ def test_a_config_change_reloads_and_new_code_restarts(role: str) -> None:
     assert by_topic["limpeza config changed"] == ["reloaded"]
     assert by_topic["limpeza code changed"] == ["restarted"]
     assert by_topic["limpeza environment changed"] == ["restarted"]
+
+
+def test_cleaner_unit_may_rename_into_every_quarantine(tmp_path: Path) -> None:
+    """A rename never crosses a mount point, and the sandbox bind-mounts each writable path
+    on its own: each quarantine is writable through the deepest directory it shares with
+    what its rules sweep (a rule's own, and files.quarantine once a rule inherits it)."""
+    unit = _unit(tmp_path, role="limpeza_cleaner")
+    assert unit["ReadWritePaths"] == ["/srv/app/backend/app/uploads", "/srv/app/uploads"]
+    overrides = tmp_path / "vars.yml"
+    own = {"directory": "/data/.own-quarantine", "retention": "1d"}
+    section = {"directory": "/srv/app/.limpeza-quarantine", "retention": "7d", "max_bytes": "5GB"}
+    rules = [
+        {"name": "sessions", "pattern": "session_*.json", "max_age": "24h"},
+        {"name": "temp_audio", "pattern": "temp_audio_*.wav", "max_age": "24h", "quarantine": None},
+        {
+            "name": "renders",
+            "pattern": "final_*.mp4",
+            "max_age": "24h",
+            "directories": ["/data/renders/a", "/data/renders/b"],
+            "quarantine": own,
+        },
+    ]
+    overrides.write_text(
+        yaml.safe_dump({"limpeza_files_rules": rules, "limpeza_files_quarantine": section})
+    )
+    assert _unit(tmp_path, overrides, role="limpeza_cleaner")["ReadWritePaths"] == [
+        "/srv/app/backend/app/uploads",
+        "/srv/app/uploads",
+        "/data/renders/a",
+        "/data/renders/b",
+        "/data",
+        "/srv/app",
+    ]
+    # Every rule with a key of its own: files.quarantine serves none and stays read-only.
+    rules[0]["quarantine"] = False
+    overrides.write_text(
+        yaml.safe_dump({"limpeza_files_rules": rules, "limpeza_files_quarantine": section})
+    )
+    assert _unit(tmp_path, overrides, role="limpeza_cleaner")["ReadWritePaths"] == [
+        "/srv/app/backend/app/uploads",
+        "/srv/app/uploads",
+        "/data/renders/a",
+        "/data/renders/b",
+        "/data",
+    ]
+
+
+def test_cleaner_role_creates_its_quarantines_for_its_user_alone() -> None:
+    tasks = yaml.safe_load(
+        (REPO / "roles" / "limpeza_cleaner" / "tasks" / "configure.yml").read_text()
+    )
+    names = [task["name"] for task in tasks]
+    [create] = [task for task in tasks if task["name"] == "Create the quarantine directories"]
+    assert create["loop"] == "{{ _limpeza_cleaner_quarantines }}"
+    assert create["ansible.builtin.file"] == {
+        "path": "{{ item }}",
+        "state": "directory",
+        "owner": "{{ limpeza_user }}",
+        "group": "{{ limpeza_group }}",
+        "mode": "0700",
+    }
+    # It exists before the unit names it in ReadWritePaths (a missing path fails the start).
+    assert names.index(create["name"]) < names.index("Install the limpeza-cleaner unit")
