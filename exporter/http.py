@@ -1,7 +1,12 @@
 """The exporter's HTTP server: ``/metrics``, a landing page at ``/``, 404 for anything else.
 
-One thread per connection, optional TLS and basic auth from the exporter-toolkit web config.
-The accept loop only accepts; the TLS handshake happens in the connection's thread.
+One event loop in one thread serves every connection (asyncio streams from the standard
+library, TLS by an ``ssl`` context), with basic auth from the exporter-toolkit web config.
+A thread per connection cost more than the answer itself: under a hundred concurrent
+scrapers, starting the threads, handing the GIL between them and parsing headers with the
+e-mail package took most of the exporter's CPU. Here a connection is a task; the
+collection, which may wait on the database, runs in a worker thread (``exporter.scrape``),
+and every scrape that arrives meanwhile gets its already rendered, already gzipped body.
 
 Every wait has a deadline, not a per-read timeout (a client trickling one byte every few
 seconds defeats those):
@@ -9,49 +14,46 @@ seconds defeats those):
 * the TLS handshake and the first request's line and headers: ``header_timeout`` from the
   accept, in total;
 * on a kept-alive connection, the next request must start within ``idle_timeout``, and its
-  headers must be complete ``header_timeout`` after its first byte;
-* writing an answer: ``write_timeout``.
+  head must be complete ``header_timeout`` after its first byte;
+* writing an answer, and closing the connection: ``write_timeout``.
 
-At most ``max_connections`` connections are served at once; further clients wait in the
-listen backlog (``LISTEN_BACKLOG``), and when every slot is taken while one waits, the
-connection idle the longest is closed to make room. When ``accept`` fails for want of file
-descriptors (EMFILE, ENFILE) or memory, the loop backs off (5 ms doubling to 1 s, as Go's
-net/http does) instead of spinning, and logs once when it starts and once when it ends.
+How many connections are served at once, how room is made from idle ones and how the accept
+loop backs off when descriptors run out is ``exporter.listener``'s. A bcrypt check costs
+tens of milliseconds, so it runs in a worker thread, never in the loop; credentials that
+passed once are remembered (``BasicAuth.remembered``) and cost nothing more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import errno
 import html
-import io
 import logging
-import selectors
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import TYPE_CHECKING, Any
+from email.utils import formatdate
+from http import HTTPStatus
 
 from prometheus_client import CollectorRegistry
 
+from exporter.listener import LISTEN_BACKLOG, Listener, listening_socket
+from exporter.request import MAX_HEAD, BadRequestError, Request, parse
 from exporter.scrape import ScrapeWaitError, SharedScrapes
 from exporter.webconfig import WebConfig
 
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer, WriteableBuffer
+__all__ = ["LISTEN_BACKLOG", "ExporterServer", "Limits"]
 
 log = logging.getLogger(__name__)
 
-#: The listen backlog (the kernel caps it at net.core.somaxconn): a burst of scrapers waits
-#: there instead of overflowing it and retrying its SYN after 1 s, then 3 s.
-LISTEN_BACKLOG = 1024
-
-#: accept() failures that mean "no resources now": back off, do not spin.
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_BACKOFF_MIN = 0.005
-_BACKOFF_MAX = 1.0
+#: Threads for collections: one per format at most runs at a time (text, OpenMetrics,
+#: each plain or gzipped), so a few are plenty.
+COLLECTION_THREADS = 4
+#: Threads for bcrypt checks of credentials not seen before: a flood of wrong passwords
+#: waits for these, never the event loop or the collections.
+PASSWORD_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Limits:
     idle_timeout: float = 120.0
     write_timeout: float = 30.0
     max_connections: int = 128
-    #: How long a scrape waits for a collection another scrape started.
+    #: How long a scrape waits for its collection, its own or one it joined.
     scrape_wait: float = 60.0
 
 
@@ -77,174 +79,53 @@ LANDING_PAGE = """<!DOCTYPE html>
 </html>
 """
 
-
-class _DeadlineReader(io.RawIOBase):
-    """Reads a socket; each read may take only what is left of the handler's deadline."""
-
-    def __init__(self, sock: socket.socket, handler: MetricsHandler) -> None:
-        super().__init__()
-        self._sock = sock
-        self._handler = handler
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        remaining = self._handler.read_deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the client did not send its request in time")
-        self._sock.settimeout(remaining)
-        return self._sock.recv_into(buffer)
+_TEXT = "text/plain; charset=utf-8"
 
 
-class _SocketWriter(io.BufferedIOBase):
-    """Writes whole buffers with ``sendall`` (bounded by the socket's timeout, in total)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self._sock = sock
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: ReadableBuffer) -> int:
-        self._sock.sendall(data)
-        with memoryview(data) as view:
-            return view.nbytes
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str = _TEXT
+    headers: tuple[tuple[str, str], ...] = ()
 
 
-class MetricsHandler(BaseHTTPRequestHandler):
-    server: ExporterServer
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; with Nagle on, a kept-alive connection
-    # waits for the client's delayed ACK (40 ms) before sending the body.
-    disable_nagle_algorithm = True
-    server_version = "limpeza-exporter"
-    #: When the current wait for the client ends (time.monotonic()).
-    read_deadline: float
+class _Date:
+    """The ``Date`` header, formatted once a second rather than once an answer."""
 
-    def setup(self) -> None:
-        limits = self.server.limits
-        self.read_deadline = time.monotonic() + limits.header_timeout
-        self.connection = self.server.secure(self.request, self.read_deadline)
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        self._reader = io.BufferedReader(_DeadlineReader(self.connection, self))
-        self.rfile = self._reader
-        self.wfile = _SocketWriter(self.connection)
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
 
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            if self.connection is not self.request:  # the TLS socket
-                self.connection.close()
-
-    def handle(self) -> None:
-        self.close_connection = True
-        self.handle_one_request()
-        while not self.close_connection and self._next_request_started():
-            self.handle_one_request()
-
-    def _next_request_started(self) -> bool:
-        """Waits up to ``idle_timeout`` for the next request on a kept-alive connection."""
-        self.read_deadline = time.monotonic() + self.server.limits.idle_timeout
-        self.server.set_idle(self.connection, idle=True)
-        try:
-            started = bool(self._reader.peek(1))
-        except OSError:  # the idle timeout, a reset, or closed to make room
-            started = False
-        finally:
-            self.server.set_idle(self.connection, idle=False)
-        self.read_deadline = time.monotonic() + self.server.limits.header_timeout
-        return started
-
-    def do_GET(self) -> None:
-        self._serve(head=False)
-
-    def do_HEAD(self) -> None:
-        self._serve(head=True)
-
-    def _serve(self, *, head: bool) -> None:
-        if self.headers.get("Content-Length", "0").strip() != "0" or self.headers.get(
-            "Transfer-Encoding"
-        ):
-            self.close_connection = True  # a body nobody reads: do not parse it as a request
-        auth = self.server.web.basic_auth
-        if auth is not None and not auth.check_header(self.headers.get("Authorization")):
-            self._reply(
-                401,
-                b"Unauthorized\n",
-                "text/plain; charset=utf-8",
-                head=head,
-                extra={"WWW-Authenticate": 'Basic realm="limpeza-exporter"'},
-            )
-            return
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._metrics(head=head)
-        elif path == "/":
-            page = LANDING_PAGE.format(
-                version=f" (version {html.escape(self.server.version)})"
-                if self.server.version
-                else "",
-                metrics="/metrics",
-            )
-            self._reply(200, page.encode("utf-8"), "text/html; charset=utf-8", head=head)
-        else:
-            self._reply(404, b"Not Found\n", "text/plain; charset=utf-8", head=head)
-
-    def _metrics(self, *, head: bool) -> None:
-        try:
-            body = self.server.scrapes.body(
-                self.headers.get("Accept"), self.headers.get("Accept-Encoding")
-            )
-        except ScrapeWaitError as exc:
-            log.warning("scrape not answered: %s", exc)
-            self._reply(503, b"scrape timed out\n", "text/plain; charset=utf-8", head=head)
-            return
-        except Exception:
-            # The collector turns every partial fault into a metric; this is a bug.
-            log.exception("scrape failed")
-            self._reply(500, b"scrape failed\n", "text/plain; charset=utf-8", head=head)
-            return
-        extra = {"Vary": "Accept, Accept-Encoding"}
-        if body.gzipped:
-            extra["Content-Encoding"] = "gzip"
-        self._reply(200, body.data, body.content_type, head=head, extra=extra)
-
-    def _reply(
-        self,
-        code: int,
-        body: bytes,
-        content_type: str,
-        *,
-        head: bool,
-        extra: dict[str, str] | None = None,
-    ) -> None:
-        self.connection.settimeout(self.server.limits.write_timeout)
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def log_error(self, format: str, *args: Any) -> None:
-        log.debug("client %s: %s", self.address_string(), format % args)
+    def __call__(self) -> str:
+        now = int(time.time())
+        if now != self._second:
+            self._second, self._text = now, formatdate(now, usegmt=True)
+        return self._text
 
 
-class ExporterServer(HTTPServer):
-    """Serves one registry on one address, each connection in its own thread, bounded."""
+def render(answer: Answer, *, date: str, head_only: bool, keep_alive: bool) -> bytes:
+    """The whole response, status line to body, for one write."""
+    lines = [
+        f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}",
+        "Server: limpeza-exporter",
+        f"Date: {date}",
+        f"Content-Type: {answer.content_type}",
+        f"Content-Length: {len(answer.body)}",
+        *(f"{name}: {value}" for name, value in answer.headers),
+    ]
+    if not keep_alive:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + answer.body
 
-    request_queue_size = LISTEN_BACKLOG
-    allow_reuse_address = True
+
+class ExporterServer:
+    """Serves one registry on one address from one event loop, bounded.
+
+    The socket listens from construction (so a taken address fails at once);
+    ``serve_forever()`` runs the loop in the calling thread until ``shutdown()``.
+    """
 
     def __init__(
         self,
@@ -259,148 +140,209 @@ class ExporterServer(HTTPServer):
         self.web = web or WebConfig()
         self.version = version
         self.limits = limits or Limits()
-        self.scrapes = SharedScrapes(registry, self.limits.scrape_wait)
         self._tls = self.web.tls.context() if self.web.tls is not None else None
-        self._slots = threading.BoundedSemaphore(self.limits.max_connections)
-        self._idle: dict[socket.socket, None] = {}
-        self._idle_lock = threading.Lock()
-        self._stop = threading.Event()
+        self.socket = listening_socket(address)
+        self._collections = ThreadPoolExecutor(COLLECTION_THREADS, "collection")
+        self._password_checks = ThreadPoolExecutor(PASSWORD_THREADS, "password-check")
+        self.scrapes = SharedScrapes(registry, self.limits.scrape_wait, self._collections)
+        self._date = _Date()
+        self._landing = LANDING_PAGE.format(
+            version=f" (version {html.escape(version)})" if version else "",
+            metrics="/metrics",
+        ).encode("utf-8")
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stop_requested = False
         self._stopped = threading.Event()
         self._stopped.set()
-        self._starved_since: float | None = None
-        self._starved_tries = 0
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, MetricsHandler)
-        self.socket.setblocking(False)
+        self._listener: Listener | None = None
 
     @property
     def scheme(self) -> str:
         return "https" if self._tls is not None else "http"
 
-    # ------------------------------------------------------------------ the accept loop
+    # ------------------------------------------------------------------ the loop
 
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Accepts connections until ``shutdown()``; each one is served in its own thread."""
-        self._stop.clear()
+    def serve_forever(self) -> None:
+        """Serves until ``shutdown()``, in the calling thread."""
         self._stopped.clear()
-        backoff = 0.0
         try:
-            with selectors.DefaultSelector() as selector:
-                selector.register(self.socket, selectors.EVENT_READ)
-                while not self._stop.is_set():
-                    if not self._slots.acquire(timeout=min(poll_interval, 0.1)):
-                        self._make_room(selector)
-                        continue
-                    accepted = None
-                    try:
-                        if selector.select(poll_interval):
-                            accepted, backoff = self._accept(backoff)
-                        if accepted is not None:
-                            self._start(*accepted)
-                    finally:
-                        if accepted is None:
-                            self._slots.release()
+            asyncio.run(self._serve())
         finally:
             self._stopped.set()
 
-    def _accept(self, backoff: float) -> tuple[tuple[socket.socket, Any] | None, float]:
-        try:
-            accepted = self.socket.accept()
-        except (BlockingIOError, InterruptedError):
-            return None, backoff
-        except OSError as exc:
-            if exc.errno not in _OUT_OF_RESOURCES:
-                log.debug("accept failed: %s", exc)  # a client that gave up meanwhile
-                return None, backoff
-            backoff = min(max(backoff * 2, _BACKOFF_MIN), _BACKOFF_MAX)
-            if self._starved_since is None:
-                self._starved_since = time.monotonic()
-                log.warning(
-                    "cannot accept connections: %s; retrying every %g s at most until "
-                    "resources are free (clients wait in the listen backlog)",
-                    exc.strerror or exc,
-                    _BACKOFF_MAX,
-                )
-            self._starved_tries += 1
-            self._stop.wait(backoff)
-            return None, backoff
-        if self._starved_since is not None:
-            log.info(
-                "accepting connections again after %.1f s (%d accept attempts failed)",
-                time.monotonic() - self._starved_since,
-                self._starved_tries,
-            )
-            self._starved_since, self._starved_tries = None, 0
-        return accepted, 0.0
-
-    def _start(self, conn: socket.socket, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self._serve_connection,
-            args=(conn, client_address),
-            name=f"client {client_address[0]}",
-            daemon=True,
-        )
-        try:
-            thread.start()
-        except RuntimeError as exc:  # no thread to be had: like running out of descriptors
-            conn.close()
-            self._slots.release()
-            log.warning("cannot start a thread for a connection: %s", exc)
-            self._stop.wait(_BACKOFF_MAX)
-
-    def _serve_connection(self, conn: socket.socket, client_address: Any) -> None:
-        try:
-            self.finish_request(conn, client_address)
-        except Exception:
-            self.handle_error(conn, client_address)
-        finally:
-            self.shutdown_request(conn)
-            self._slots.release()
-
-    def _make_room(self, selector: selectors.BaseSelector) -> None:
-        """Every slot is taken: if a client waits, close the connection idle the longest."""
-        if not selector.select(0):
-            return
-        with self._idle_lock:  # held until shut down, so the socket cannot close meanwhile
-            if not self._idle:
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        with self._lock:
+            if self._stop_requested:
                 return
-            oldest = next(iter(self._idle))
-            del self._idle[oldest]
-            with contextlib.suppress(OSError):
-                # The plain socket's shutdown, also under TLS: it only wakes the reader.
-                socket.socket.shutdown(oldest, socket.SHUT_RDWR)
-
-    def set_idle(self, conn: socket.socket, *, idle: bool) -> None:
-        """Marks a kept-alive connection as waiting for its next request, or not any more."""
-        with self._idle_lock:
-            if idle:
-                self._idle[conn] = None
-            else:
-                self._idle.pop(conn, None)
+            self._loop, self._stopping = loop, stopping
+        listener = self._listener = Listener(
+            loop, self.socket, self._connection, self.limits.max_connections
+        )
+        listener.start()
+        try:
+            await stopping.wait()
+        finally:
+            await listener.close()
 
     def shutdown(self) -> None:
-        """Stops the accept loop (within its poll interval) and waits until it returned."""
-        self._stop.set()
+        """Stops serving (any thread) and waits until ``serve_forever`` returned."""
+        with self._lock:
+            self._stop_requested = True
+            loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stopping.set)
         self._stopped.wait()
 
-    # ------------------------------------------------------------------ connections
+    def server_close(self) -> None:
+        self.socket.close()
+        self._collections.shutdown(wait=False, cancel_futures=True)
+        self._password_checks.shutdown(wait=False, cancel_futures=True)
 
-    def secure(self, conn: socket.socket, deadline: float) -> socket.socket:
-        """The TLS handshake, done by ``deadline`` in total, or ``conn`` itself without TLS."""
-        if self._tls is None:
-            return conn
-        tls = self._tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+    # ------------------------------------------------------------------ one connection
+
+    async def _connection(self, sock: socket.socket) -> None:
+        """Serves one accepted socket until it closes, idles out or breaks a deadline."""
+        loop = asyncio.get_running_loop()
+        limits = self.limits
+        deadline = loop.time() + limits.header_timeout
+        reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no time left for the TLS handshake")
-            tls.settimeout(remaining)  # one deadline for the whole handshake, not per read
-            tls.do_handshake()
-        except BaseException:
-            tls.close()
+            async with asyncio.timeout_at(deadline):  # the TLS handshake counts in it
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol,
+                    sock,
+                    ssl=self._tls,
+                    ssl_handshake_timeout=limits.header_timeout if self._tls else None,
+                    ssl_shutdown_timeout=limits.write_timeout if self._tls else None,
+                )
+        except (OSError, TimeoutError) as exc:
+            log.debug("connection not opened: %s", exc)
+            sock.close()
+            return
+        # Drained means handed to the kernel in full: the write deadline covers it all.
+        transport.set_write_buffer_limits(high=0)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        try:
+            await self._exchange(reader, writer, deadline)
+        except asyncio.CancelledError:
+            transport.abort()
             raise
-        return tls
+        finally:
+            assert self._listener is not None
+            self._listener.busy(writer)
+        writer.close()
+        try:
+            async with asyncio.timeout(limits.write_timeout):
+                await writer.wait_closed()
+        except (OSError, TimeoutError):
+            transport.abort()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, deadline: float
+    ) -> None:
+        """Requests and answers on one connection, each within its deadlines."""
+        loop = asyncio.get_running_loop()
+        limits = self.limits
+        listener = self._listener
+        assert listener is not None
+        start = b""
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    head = start + await reader.readuntil(b"\r\n\r\n")
+            except TimeoutError:
+                log.debug("a client did not send its request in time")
+                return
+            except asyncio.IncompleteReadError:
+                return  # closed before a whole request
+            except asyncio.LimitOverrunError:
+                await self._send(writer, Answer(431, b"Request head too large\n"), False)
+                return
+            try:
+                request = parse(head)
+            except BadRequestError as exc:
+                log.debug("bad request: %s", exc)
+                await self._send(writer, Answer(exc.status, f"{exc}\n".encode()), False)
+                return
+            keep_alive = request.keep_alive
+            answer = await self._answer(request)
+            if not await self._send(writer, answer, keep_alive, request.method == "HEAD"):
+                return
+            if not keep_alive:
+                return
+            # Kept alive: the next request must start within the idle timeout, and while it
+            # has not, this connection is the first to go when room is needed.
+            listener.idle(writer, writer.transport.abort)
+            try:
+                async with asyncio.timeout(limits.idle_timeout):
+                    start = await reader.read(1)
+            except (OSError, TimeoutError):
+                return
+            finally:
+                listener.busy(writer)
+            if not start:
+                return  # closed by the client, or to make room
+            deadline = loop.time() + limits.header_timeout
+
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        answer: Answer,
+        keep_alive: bool,
+        head_only: bool = False,
+    ) -> bool:
+        """Writes an answer within the write deadline; False when the connection is lost."""
+        writer.write(render(answer, date=self._date(), head_only=head_only, keep_alive=keep_alive))
+        try:
+            async with asyncio.timeout(self.limits.write_timeout):
+                await writer.drain()
+        except (OSError, TimeoutError) as exc:
+            log.debug("answer not delivered: %s", exc)
+            writer.transport.abort()
+            return False
+        return True
+
+    # ------------------------------------------------------------------ routing
+
+    async def _answer(self, request: Request) -> Answer:
+        auth = self.web.basic_auth
+        if auth is not None:
+            header = request.header("authorization")
+            if not auth.remembered(header):
+                loop = asyncio.get_running_loop()
+                if not await loop.run_in_executor(self._password_checks, auth.check_header, header):
+                    return Answer(
+                        401,
+                        b"Unauthorized\n",
+                        headers=(("WWW-Authenticate", 'Basic realm="limpeza-exporter"'),),
+                    )
+        if request.method not in ("GET", "HEAD"):
+            return Answer(405, b"Method Not Allowed\n", headers=(("Allow", "GET, HEAD"),))
+        if request.path == "/metrics":
+            return await self._metrics(request)
+        if request.path == "/":
+            return Answer(200, self._landing, "text/html; charset=utf-8")
+        return Answer(404, b"Not Found\n")
+
+    async def _metrics(self, request: Request) -> Answer:
+        try:
+            body = await self.scrapes.body(
+                request.header("accept"), request.header("accept-encoding")
+            )
+        except ScrapeWaitError as exc:
+            log.warning("scrape not answered: %s", exc)
+            return Answer(503, b"scrape timed out\n")
+        except Exception:
+            # The collector turns every partial fault into a metric; this is a bug.
+            log.exception("scrape failed")
+            return Answer(500, b"scrape failed\n")
+        headers = [("Vary", "Accept, Accept-Encoding")]
+        if body.gzipped:
+            headers.append(("Content-Encoding", "gzip"))
+        return Answer(200, body.data, body.content_type, tuple(headers))
