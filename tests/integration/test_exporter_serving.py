@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import re
 import resource
 import signal
 import socket
@@ -260,4 +261,42 @@ def test_out_of_file_descriptors_the_accept_loop_backs_off(
     log = exporter.log()
     assert log.count("cannot accept connections") == 1, log
     assert "accepting connections again" in log
+    assert exporter.stop() == 0
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _exchange(exporter: ExporterProcess, raw: bytes) -> bytes:
+    """Sends ``raw`` on a new connection and reads until the exporter closes it."""
+    with socket.create_connection(("127.0.0.1", exporter.port), timeout=15) as sock:
+        sock.sendall(raw)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_methods_bad_heads_and_pipelined_requests(
+    start_exporter: StartExporter, tmp_path: Path
+) -> None:
+    site = write_site(tmp_path)
+    exporter = start_exporter(site.config)
+    posted = requests.post(exporter.url(), data=b"x", timeout=15)
+    assert posted.status_code == 405
+    assert posted.headers["Allow"] == "GET, HEAD"
+    assert _exchange(exporter, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert _exchange(exporter, b"GET / HTTP/1.1\r\nX: " + b"a" * 70000).startswith(b"HTTP/1.1 431 ")
+    # Three requests in one write on a kept-alive connection: three answers, in order; the
+    # last asks to close, so the exporter closes after it.
+    answers = _exchange(
+        exporter,
+        b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
+    assert statuses == [b"404", b"200", b"200"], answers
+    assert answers.endswith(b"</html>\n")
+    assert b"limpeza_" not in answers  # HEAD: headers only
     assert exporter.stop() == 0
