@@ -1,7 +1,8 @@
 """The accept loop: a bounded number of connections, room made from idle ones, back-off.
 
 It runs in the exporter's event loop and only accepts; each accepted socket goes to the
-``serve`` coroutine it was given, as a task of its own.
+``serve`` callable it was given, with the ``release`` to call once that connection ended
+(its slot is taken until then).
 
 * At most ``max_connections`` connections are served at once. When every slot is taken, the
   listening socket is no longer watched and further clients wait in the listen backlog
@@ -23,8 +24,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def listening_socket(address: tuple[str, int]) -> socket.socket:
     return sock
 
 
-Serve = Callable[[socket.socket], Coroutine[Any, Any, None]]
+Serve = Callable[[socket.socket, Callable[[], None]], None]
 
 
 class Listener:
@@ -70,7 +70,7 @@ class Listener:
         self._sock = sock
         self._serve = serve
         self._max = max_connections
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._active = 0
         #: Kept-alive connections waiting for their next request, the longest idle first;
         #: each maps to what closes it.
         self._idle: dict[object, Callable[[], None]] = {}
@@ -86,7 +86,7 @@ class Listener:
 
     @property
     def connections(self) -> int:
-        return len(self._tasks)
+        return self._active
 
     # ------------------------------------------------------------------ watching the socket
 
@@ -102,7 +102,7 @@ class Listener:
 
     def _on_readable(self) -> None:
         """Clients wait: accept as many as there are free slots (one wakeup, many accepts)."""
-        if len(self._tasks) >= self._max:
+        if self._active >= self._max:
             # Every slot is taken and a client waits: stop watching until a slot frees, and
             # free one now if a kept-alive connection only waits for its next request.
             self._unwatch()
@@ -110,7 +110,7 @@ class Listener:
                 oldest = next(iter(self._idle))
                 self._idle.pop(oldest)()
             return
-        while len(self._tasks) < self._max:
+        while self._active < self._max:
             try:
                 conn, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -127,22 +127,29 @@ class Listener:
 
     def _spawn(self, conn: socket.socket) -> None:
         conn.setblocking(False)
-        task = self._loop.create_task(self._serve(conn))
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+        self._active += 1
+        released = False
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("a connection ended with an error", exc_info=task.exception())
-        self._watch()
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._active -= 1
+                self._watch()
+
+        try:
+            self._serve(conn, release)
+        except Exception:
+            log.exception("cannot serve a connection")
+            conn.close()
+            release()
 
     # ------------------------------------------------------------------ idle connections
 
     def idle(self, key: object, close: Callable[[], None]) -> None:
         """``key`` waits for its next request; ``close`` ends it if room must be made."""
         self._idle[key] = close
-        if len(self._tasks) >= self._max:
+        if self._active >= self._max:
             self._watch()  # a client may be waiting for this room already
 
     def busy(self, key: object) -> None:
@@ -186,14 +193,10 @@ class Listener:
 
     # ------------------------------------------------------------------ the end
 
-    async def close(self) -> None:
-        """Stops accepting and ends every connection being served."""
+    def close(self) -> None:
+        """Stops accepting (the connections being served are their owner's to end)."""
         self._closed = True
         self._unwatch()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)

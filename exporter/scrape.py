@@ -69,38 +69,63 @@ class SharedScrapes:
         self._executor = executor
         self._flights: dict[tuple[str, bool], asyncio.Future[Body]] = {}
 
-    async def body(self, accept: str | None, accept_encoding: str | None) -> Body:
-        """The answer for these request headers; raises what the collection raised.
+    def body(self, accept: str | None, accept_encoding: str | None) -> asyncio.Future[Body]:
+        """The answer for these request headers, as a future (call it in the event loop).
 
-        A scrape that joined a collection which failed raises a RuntimeError from that
-        failure, so a bug is logged once, by the scrape that started the collection.
+        It holds the body, or what the collection raised: a scrape that joined a collection
+        which failed gets a RuntimeError from that failure, so a bug is logged once, by the
+        scrape that started the collection. After ``wait`` seconds it holds ScrapeWaitError.
+        Callbacks and a timer, not a task per scrape: a hundred scrapes joining one
+        collection cost a hundred callbacks.
         """
+        loop = asyncio.get_running_loop()
         encoder, content_type = choose_encoder(accept or "")
         gzipped = gzip_accepted(accept_encoding)
         key = (content_type, gzipped)
         flight = self._flights.get(key)
         leader = flight is None or flight.done()
         if flight is None or flight.done():
-            loop = asyncio.get_running_loop()
             flight = loop.run_in_executor(self._executor, _render, self._registry, encoder, key)
             self._flights[key] = flight
             flight.add_done_callback(functools.partial(self._landed, key))
-        try:
-            return await asyncio.wait_for(asyncio.shield(flight), self._wait)
-        except Exception as exc:
-            if not flight.done():  # the wait ran out, not the collection
-                raise ScrapeWaitError(
-                    f"the collection this scrape joined did not end within {self._wait:g}s"
-                ) from None
-            if leader:
-                raise
-            raise RuntimeError("the collection this scrape joined failed") from exc
+        answer: asyncio.Future[Body] = loop.create_future()
+        timer = loop.call_later(self._wait, _give_up, answer, self._wait)
+        flight.add_done_callback(functools.partial(_deliver, answer, timer, leader))
+        return answer
 
     def _landed(self, key: tuple[str, bool], flight: asyncio.Future[Body]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
-        if not flight.cancelled():
-            flight.exception()  # retrieved: a failure nobody awaited any more is not logged
+
+
+def _give_up(answer: asyncio.Future[Body], wait: float) -> None:
+    if not answer.done():
+        answer.set_exception(
+            ScrapeWaitError(f"the collection this scrape joined did not end within {wait:g}s")
+        )
+
+
+def _deliver(
+    answer: asyncio.Future[Body],
+    timer: asyncio.TimerHandle,
+    leader: bool,
+    flight: asyncio.Future[Body],
+) -> None:
+    timer.cancel()
+    if flight.cancelled():
+        answer.cancel()
+        return
+    error = flight.exception()
+    if answer.done():
+        return  # given up, or its connection is gone
+    if error is None:
+        answer.set_result(flight.result())
+    elif leader:
+        answer.set_exception(error)
+    else:
+        joined = RuntimeError("the collection this scrape joined failed")
+        joined.__cause__ = error
+        answer.set_exception(joined)
 
 
 def _render(

@@ -77,7 +77,7 @@ def test_overlapping_scrapes_share_one_collection(pool: ThreadPoolExecutor) -> N
     scrapes = SharedScrapes(_registry(collector), wait=10, executor=pool)
 
     async def scenario() -> tuple[list[bytes], int, bytes]:
-        tasks = [asyncio.create_task(scrapes.body(None, None)) for _ in range(20)]
+        tasks = [scrapes.body(None, None) for _ in range(20)]
         await asyncio.sleep(0.3)  # every scrape has arrived while the first collection waits
         release.set()
         bodies = [body.data for body in await asyncio.gather(*tasks)]
@@ -116,7 +116,7 @@ def test_a_waiting_scrape_gives_up_at_its_deadline(pool: ThreadPoolExecutor) -> 
     scrapes = SharedScrapes(_registry(SlowCollector(0.0, release)), wait=0.2, executor=pool)
 
     async def scenario() -> float:
-        leader = asyncio.create_task(scrapes.body(None, None))
+        leader = scrapes.body(None, None)
         await asyncio.sleep(0.1)
         started = time.monotonic()
         try:
@@ -137,7 +137,7 @@ def test_the_event_loop_goes_on_while_a_collection_runs(pool: ThreadPoolExecutor
     scrapes = SharedScrapes(_registry(SlowCollector(0.0, release)), wait=10, executor=pool)
 
     async def scenario() -> float:
-        scrape = asyncio.create_task(scrapes.body(None, None))
+        scrape = scrapes.body(None, None)
         started = time.monotonic()
         await asyncio.sleep(0.05)
         ticked = time.monotonic() - started
