@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from exporter.request import MAX_HEAD, BadRequestError, Request, parse
 from exporter.response import Answer, render
@@ -91,8 +91,7 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ the transport's calls
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = transport = cast(asyncio.Transport, transport)
         # Drained means handed to the kernel in full: resume_writing() says when.
         transport.set_write_buffer_limits(high=0)
         self._arm_at(self._deadline, "did not send its request in time")
