@@ -11,6 +11,7 @@ import resource
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -299,4 +300,39 @@ def test_methods_bad_heads_and_pipelined_requests(
     assert statuses == [b"404", b"200", b"200"], answers
     assert answers.endswith(b"</html>\n")
     assert b"limpeza_" not in answers  # HEAD: headers only
+    assert exporter.stop() == 0
+
+
+def test_password_checks_never_hold_up_remembered_clients(
+    start_exporter: StartExporter, tmp_path: Path
+) -> None:
+    """Wrong passwords each cost a slow bcrypt check; a known client is answered meanwhile."""
+    site = write_site(tmp_path)
+    web = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=12)).decode()  # ~0.3-1 s a check
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": hashed}}))
+    exporter = start_exporter(site.config, args=["--web.config.file", str(web)])
+    assert exporter.get(auth=("prometheus", "secret"), timeout=60).status_code == 200
+
+    finished: list[tuple[str, float, int]] = []
+    lock = threading.Lock()
+
+    def scrape(name: str, password: str) -> None:
+        code = exporter.get(auth=("prometheus", password), timeout=120).status_code
+        with lock:
+            finished.append((name, time.monotonic(), code))
+
+    wrong = [threading.Thread(target=scrape, args=("wrong", f"guess{i}")) for i in range(6)]
+    for thread in wrong:
+        thread.start()
+    time.sleep(0.5)  # the guesses are being checked
+    scrape("known", "secret")
+    for thread in wrong:
+        thread.join(180)
+    assert len(finished) == 7
+    assert {(name, code) for name, _, code in finished} == {("wrong", 401), ("known", 200)}
+    order = [name for name, _, _ in sorted(finished, key=lambda item: item[1])]
+    # Six slow checks, at most two at a time: the known client's answer
+    # comes before most of them are done.
+    assert order.index("known") < 3, order
     assert exporter.stop() == 0
