@@ -420,9 +420,10 @@ def _intro(quick: bool) -> str:
         f"limpeza-exporter and PostgreSQL ({ROWS:,} job rows, 1,000 active; "
         f"`exporter.database_timeout: {DATABASE_TIMEOUT:g}s`). Latency from `connect()` to "
         "the last byte. *frozen*: the postmaster and its backends stopped with SIGSTOP; "
-        "*down*: PostgreSQL stopped. The load generator (asyncio, one process) shares the "
-        f"machine's {os.cpu_count()} cores with the exporter and PostgreSQL, and the whole run "
-        "is `nice`d. Overflows are the namespace's TcpExt `ListenOverflows` (`ListenDrops`) "
+        "*down*: PostgreSQL stopped. The load generator (non-blocking sockets and epoll, one "
+        f"thread) shares the machine's {os.cpu_count()} cores with the exporter and "
+        "PostgreSQL, and the whole run is `nice`d; its own CPU per scrape is in the table. "
+        "Overflows are the namespace's TcpExt `ListenOverflows` (`ListenDrops`) "
         f"during the run. Load average (1 min) when the table was written: {load:.2f}."
         + (" Quick run: fewer scrapes." if quick else "")
     )

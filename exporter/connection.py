@@ -110,8 +110,10 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         self._keep_alive = False
-        # Half closed while its answer is being made: keep the transport to write it.
-        return self._state == "answer"
+        # Half closed while its answer is being made: keep the transport to write it (not
+        # possible under TLS, whose transport closes whatever this returns).
+        tls = self._transport is not None and self._transport.get_extra_info("sslcontext")
+        return self._state == "answer" and not tls
 
     def pause_writing(self) -> None:
         pass  # _send() looks at the buffer itself (TLS pauses during its handshake too)

@@ -268,10 +268,12 @@ def test_out_of_file_descriptors_the_accept_loop_backs_off(
 # --------------------------------------------------------------------------- requests
 
 
-def _exchange(exporter: ExporterProcess, raw: bytes) -> bytes:
+def _exchange(exporter: ExporterProcess, raw: bytes, *, half_close: bool = False) -> bytes:
     """Sends ``raw`` on a new connection and reads until the exporter closes it."""
     with socket.create_connection(("127.0.0.1", exporter.port), timeout=15) as sock:
         sock.sendall(raw)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         received = b""
         while chunk := sock.recv(65536):
             received += chunk
@@ -300,6 +302,12 @@ def test_methods_bad_heads_and_pipelined_requests(
     assert statuses == [b"404", b"200", b"200"], answers
     assert answers.endswith(b"</html>\n")
     assert b"limpeza_" not in answers  # HEAD: headers only
+    # A client that half-closes after its request (shutdown(SHUT_WR)) still gets its answer.
+    answer = _exchange(exporter, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", half_close=True)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"Connection: close" in head
+    assert b"limpeza_state_up" in body
     assert exporter.stop() == 0
 
 
