@@ -381,8 +381,9 @@ def reading(results: Sequence[Run]) -> str:
             f"per round of {most}, and the load generator {_ms(generator_cpu)} per round."
             + collection
             + " Both shared the machine's 2 cores with PostgreSQL and whatever else ran "
-            "(load average above), at a lower priority (`nice`): when a round's CPU is well "
-            "under its p99, the rest of the p99 is waiting for a core."
+            "(load average above), at a lower priority (`nice`); what a round's p99 holds "
+            "beyond that CPU is waiting: for a core, for PostgreSQL, for the shared "
+            "collection."
         )
     frozen_run = by.get(("frozen", most))
     if frozen_run is not None:
