@@ -1,57 +1,54 @@
 """The exporter's HTTP server: ``/metrics``, a landing page at ``/``, 404 for anything else.
 
-One thread per connection, optional TLS and basic auth from the exporter-toolkit web config.
-The accept loop only accepts; the TLS handshake happens in the connection's thread.
+One event loop in one thread serves every connection (asyncio, TLS by an ``ssl`` context),
+with basic auth from the exporter-toolkit web config. A thread per connection cost more
+than the answer itself: under a hundred concurrent scrapers on new connections, starting
+threads, handing the GIL between them and parsing headers with the e-mail package took
+most of the exporter's CPU. The collection, which may wait on the database, runs in a
+worker thread (``exporter.scrape``), and every scrape that arrives meanwhile gets its
+already rendered, already gzipped body.
 
-Every wait has a deadline, not a per-read timeout (a client trickling one byte every few
-seconds defeats those):
-
-* the TLS handshake and the first request's line and headers: ``header_timeout`` from the
-  accept, in total;
-* on a kept-alive connection, the next request must start within ``idle_timeout``, and its
-  headers must be complete ``header_timeout`` after its first byte;
-* writing an answer: ``write_timeout``.
-
-At most ``max_connections`` connections are served at once; further clients wait in the
-listen backlog (``LISTEN_BACKLOG``), and when every slot is taken while one waits, the
-connection idle the longest is closed to make room. When ``accept`` fails for want of file
-descriptors (EMFILE, ENFILE) or memory, the loop backs off (5 ms doubling to 1 s, as Go's
-net/http does) instead of spinning, and logs once when it starts and once when it ends.
+The parts, one module each: the accept loop and its bounds (``exporter.listener``), one
+connection and its deadlines (``exporter.connection``), a request head
+(``exporter.request``), an answer's bytes (``exporter.response``). This module opens
+connections (the TLS handshake within the header deadline) and routes requests. A bcrypt
+check costs tens of milliseconds, so it runs in a worker thread, never in the loop;
+credentials that passed once are remembered (``BasicAuth.remembered``) and cost nothing
+more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import errno
+import functools
 import html
-import io
 import logging
-import selectors
 import socket
 import threading
-import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from exporter.scrape import ScrapeWaitError, SharedScrapes
+from exporter.connection import Connection
+from exporter.listener import LISTEN_BACKLOG, Listener, listening_socket
+from exporter.request import Request
+from exporter.response import Answer, HttpDate
+from exporter.scrape import Body, ScrapeWaitError, SharedScrapes
 from exporter.webconfig import WebConfig
 
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer, WriteableBuffer
+__all__ = ["LISTEN_BACKLOG", "ExporterServer", "Limits"]
 
 log = logging.getLogger(__name__)
 
-#: The listen backlog (the kernel caps it at net.core.somaxconn): a burst of scrapers waits
-#: there instead of overflowing it and retrying its SYN after 1 s, then 3 s.
-LISTEN_BACKLOG = 1024
-
-#: accept() failures that mean "no resources now": back off, do not spin.
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_BACKOFF_MIN = 0.005
-_BACKOFF_MAX = 1.0
+#: Threads for collections: one per format at most runs at a time (text, OpenMetrics,
+#: each plain or gzipped), so a few are plenty.
+COLLECTION_THREADS = 4
+#: Threads for bcrypt checks of credentials not seen before: a flood of wrong passwords
+#: waits for these, never the event loop or the collections.
+PASSWORD_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ class Limits:
     idle_timeout: float = 120.0
     write_timeout: float = 30.0
     max_connections: int = 128
-    #: How long a scrape waits for a collection another scrape started.
+    #: How long a scrape waits for its collection, its own or one it joined.
     scrape_wait: float = 60.0
 
 
@@ -78,173 +75,12 @@ LANDING_PAGE = """<!DOCTYPE html>
 """
 
 
-class _DeadlineReader(io.RawIOBase):
-    """Reads a socket; each read may take only what is left of the handler's deadline."""
+class ExporterServer:
+    """Serves one registry on one address from one event loop, bounded.
 
-    def __init__(self, sock: socket.socket, handler: MetricsHandler) -> None:
-        super().__init__()
-        self._sock = sock
-        self._handler = handler
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        remaining = self._handler.read_deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the client did not send its request in time")
-        self._sock.settimeout(remaining)
-        return self._sock.recv_into(buffer)
-
-
-class _SocketWriter(io.BufferedIOBase):
-    """Writes whole buffers with ``sendall`` (bounded by the socket's timeout, in total)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self._sock = sock
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: ReadableBuffer) -> int:
-        self._sock.sendall(data)
-        with memoryview(data) as view:
-            return view.nbytes
-
-
-class MetricsHandler(BaseHTTPRequestHandler):
-    server: ExporterServer
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; with Nagle on, a kept-alive connection
-    # waits for the client's delayed ACK (40 ms) before sending the body.
-    disable_nagle_algorithm = True
-    server_version = "limpeza-exporter"
-    #: When the current wait for the client ends (time.monotonic()).
-    read_deadline: float
-
-    def setup(self) -> None:
-        limits = self.server.limits
-        self.read_deadline = time.monotonic() + limits.header_timeout
-        self.connection = self.server.secure(self.request, self.read_deadline)
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        self._reader = io.BufferedReader(_DeadlineReader(self.connection, self))
-        self.rfile = self._reader
-        self.wfile = _SocketWriter(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            if self.connection is not self.request:  # the TLS socket
-                self.connection.close()
-
-    def handle(self) -> None:
-        self.close_connection = True
-        self.handle_one_request()
-        while not self.close_connection and self._next_request_started():
-            self.handle_one_request()
-
-    def _next_request_started(self) -> bool:
-        """Waits up to ``idle_timeout`` for the next request on a kept-alive connection."""
-        self.read_deadline = time.monotonic() + self.server.limits.idle_timeout
-        self.server.set_idle(self.connection, idle=True)
-        try:
-            started = bool(self._reader.peek(1))
-        except OSError:  # the idle timeout, a reset, or closed to make room
-            started = False
-        finally:
-            self.server.set_idle(self.connection, idle=False)
-        self.read_deadline = time.monotonic() + self.server.limits.header_timeout
-        return started
-
-    def do_GET(self) -> None:
-        self._serve(head=False)
-
-    def do_HEAD(self) -> None:
-        self._serve(head=True)
-
-    def _serve(self, *, head: bool) -> None:
-        if self.headers.get("Content-Length", "0").strip() != "0" or self.headers.get(
-            "Transfer-Encoding"
-        ):
-            self.close_connection = True  # a body nobody reads: do not parse it as a request
-        auth = self.server.web.basic_auth
-        if auth is not None and not auth.check_header(self.headers.get("Authorization")):
-            self._reply(
-                401,
-                b"Unauthorized\n",
-                "text/plain; charset=utf-8",
-                head=head,
-                extra={"WWW-Authenticate": 'Basic realm="limpeza-exporter"'},
-            )
-            return
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._metrics(head=head)
-        elif path == "/":
-            page = LANDING_PAGE.format(
-                version=f" (version {html.escape(self.server.version)})"
-                if self.server.version
-                else "",
-                metrics="/metrics",
-            )
-            self._reply(200, page.encode("utf-8"), "text/html; charset=utf-8", head=head)
-        else:
-            self._reply(404, b"Not Found\n", "text/plain; charset=utf-8", head=head)
-
-    def _metrics(self, *, head: bool) -> None:
-        try:
-            body = self.server.scrapes.body(
-                self.headers.get("Accept"), self.headers.get("Accept-Encoding")
-            )
-        except ScrapeWaitError as exc:
-            log.warning("scrape not answered: %s", exc)
-            self._reply(503, b"scrape timed out\n", "text/plain; charset=utf-8", head=head)
-            return
-        except Exception:
-            # The collector turns every partial fault into a metric; this is a bug.
-            log.exception("scrape failed")
-            self._reply(500, b"scrape failed\n", "text/plain; charset=utf-8", head=head)
-            return
-        extra = {"Vary": "Accept, Accept-Encoding"}
-        if body.gzipped:
-            extra["Content-Encoding"] = "gzip"
-        self._reply(200, body.data, body.content_type, head=head, extra=extra)
-
-    def _reply(
-        self,
-        code: int,
-        body: bytes,
-        content_type: str,
-        *,
-        head: bool,
-        extra: dict[str, str] | None = None,
-    ) -> None:
-        self.connection.settimeout(self.server.limits.write_timeout)
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def log_error(self, format: str, *args: Any) -> None:
-        log.debug("client %s: %s", self.address_string(), format % args)
-
-
-class ExporterServer(HTTPServer):
-    """Serves one registry on one address, each connection in its own thread, bounded."""
-
-    request_queue_size = LISTEN_BACKLOG
-    allow_reuse_address = True
+    The socket listens from construction (so a taken address fails at once);
+    ``serve_forever()`` runs the loop in the calling thread until ``shutdown()``.
+    """
 
     def __init__(
         self,
@@ -259,148 +95,171 @@ class ExporterServer(HTTPServer):
         self.web = web or WebConfig()
         self.version = version
         self.limits = limits or Limits()
-        self.scrapes = SharedScrapes(registry, self.limits.scrape_wait)
         self._tls = self.web.tls.context() if self.web.tls is not None else None
-        self._slots = threading.BoundedSemaphore(self.limits.max_connections)
-        self._idle: dict[socket.socket, None] = {}
-        self._idle_lock = threading.Lock()
-        self._stop = threading.Event()
+        self.socket = listening_socket(address)
+        self._collections = ThreadPoolExecutor(COLLECTION_THREADS, "collection")
+        self._password_checks = ThreadPoolExecutor(PASSWORD_THREADS, "password-check")
+        self.scrapes = SharedScrapes(registry, self.limits.scrape_wait, self._collections)
+        self._date = HttpDate()
+        self._connections: set[Connection] = set()
+        self._landing = LANDING_PAGE.format(
+            version=f" (version {html.escape(version)})" if version else "",
+            metrics="/metrics",
+        ).encode("utf-8")
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stop_requested = False
         self._stopped = threading.Event()
         self._stopped.set()
-        self._starved_since: float | None = None
-        self._starved_tries = 0
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, MetricsHandler)
-        self.socket.setblocking(False)
+        self._listener: Listener | None = None
 
     @property
     def scheme(self) -> str:
         return "https" if self._tls is not None else "http"
 
-    # ------------------------------------------------------------------ the accept loop
+    # ------------------------------------------------------------------ the loop
 
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Accepts connections until ``shutdown()``; each one is served in its own thread."""
-        self._stop.clear()
+    def serve_forever(self) -> None:
+        """Serves until ``shutdown()``, in the calling thread."""
         self._stopped.clear()
-        backoff = 0.0
         try:
-            with selectors.DefaultSelector() as selector:
-                selector.register(self.socket, selectors.EVENT_READ)
-                while not self._stop.is_set():
-                    if not self._slots.acquire(timeout=min(poll_interval, 0.1)):
-                        self._make_room(selector)
-                        continue
-                    accepted = None
-                    try:
-                        if selector.select(poll_interval):
-                            accepted, backoff = self._accept(backoff)
-                        if accepted is not None:
-                            self._start(*accepted)
-                    finally:
-                        if accepted is None:
-                            self._slots.release()
+            asyncio.run(self._serve())
         finally:
             self._stopped.set()
 
-    def _accept(self, backoff: float) -> tuple[tuple[socket.socket, Any] | None, float]:
-        try:
-            accepted = self.socket.accept()
-        except (BlockingIOError, InterruptedError):
-            return None, backoff
-        except OSError as exc:
-            if exc.errno not in _OUT_OF_RESOURCES:
-                log.debug("accept failed: %s", exc)  # a client that gave up meanwhile
-                return None, backoff
-            backoff = min(max(backoff * 2, _BACKOFF_MIN), _BACKOFF_MAX)
-            if self._starved_since is None:
-                self._starved_since = time.monotonic()
-                log.warning(
-                    "cannot accept connections: %s; retrying every %g s at most until "
-                    "resources are free (clients wait in the listen backlog)",
-                    exc.strerror or exc,
-                    _BACKOFF_MAX,
-                )
-            self._starved_tries += 1
-            self._stop.wait(backoff)
-            return None, backoff
-        if self._starved_since is not None:
-            log.info(
-                "accepting connections again after %.1f s (%d accept attempts failed)",
-                time.monotonic() - self._starved_since,
-                self._starved_tries,
-            )
-            self._starved_since, self._starved_tries = None, 0
-        return accepted, 0.0
-
-    def _start(self, conn: socket.socket, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self._serve_connection,
-            args=(conn, client_address),
-            name=f"client {client_address[0]}",
-            daemon=True,
-        )
-        try:
-            thread.start()
-        except RuntimeError as exc:  # no thread to be had: like running out of descriptors
-            conn.close()
-            self._slots.release()
-            log.warning("cannot start a thread for a connection: %s", exc)
-            self._stop.wait(_BACKOFF_MAX)
-
-    def _serve_connection(self, conn: socket.socket, client_address: Any) -> None:
-        try:
-            self.finish_request(conn, client_address)
-        except Exception:
-            self.handle_error(conn, client_address)
-        finally:
-            self.shutdown_request(conn)
-            self._slots.release()
-
-    def _make_room(self, selector: selectors.BaseSelector) -> None:
-        """Every slot is taken: if a client waits, close the connection idle the longest."""
-        if not selector.select(0):
-            return
-        with self._idle_lock:  # held until shut down, so the socket cannot close meanwhile
-            if not self._idle:
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        with self._lock:
+            if self._stop_requested:
                 return
-            oldest = next(iter(self._idle))
-            del self._idle[oldest]
-            with contextlib.suppress(OSError):
-                # The plain socket's shutdown, also under TLS: it only wakes the reader.
-                socket.socket.shutdown(oldest, socket.SHUT_RDWR)
-
-    def set_idle(self, conn: socket.socket, *, idle: bool) -> None:
-        """Marks a kept-alive connection as waiting for its next request, or not any more."""
-        with self._idle_lock:
-            if idle:
-                self._idle[conn] = None
-            else:
-                self._idle.pop(conn, None)
+            self._loop, self._stopping = loop, stopping
+        listener = self._listener = Listener(
+            loop, self.socket, self._open, self.limits.max_connections
+        )
+        listener.start()
+        try:
+            await stopping.wait()
+        finally:
+            listener.close()
+            for connection in list(self._connections):
+                connection.abort()
 
     def shutdown(self) -> None:
-        """Stops the accept loop (within its poll interval) and waits until it returned."""
-        self._stop.set()
+        """Stops serving (any thread) and waits until ``serve_forever`` returned."""
+        with self._lock:
+            self._stop_requested = True
+            loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stopping.set)
         self._stopped.wait()
 
-    # ------------------------------------------------------------------ connections
+    def server_close(self) -> None:
+        self.socket.close()
+        self._collections.shutdown(wait=False, cancel_futures=True)
+        self._password_checks.shutdown(wait=False, cancel_futures=True)
 
-    def secure(self, conn: socket.socket, deadline: float) -> socket.socket:
-        """The TLS handshake, done by ``deadline`` in total, or ``conn`` itself without TLS."""
-        if self._tls is None:
-            return conn
-        tls = self._tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+    # ------------------------------------------------------------------ one connection
+
+    def _open(self, sock: socket.socket, release: Callable[[], None]) -> None:
+        """Starts serving an accepted socket; ``release`` frees its slot once it ended."""
+        loop = asyncio.get_running_loop()
+        listener = self._listener
+        assert listener is not None
+
+        def done(connection: Connection) -> None:
+            self._connections.discard(connection)
+            release()
+
+        connection = Connection(
+            loop,
+            self.limits,
+            self._respond,
+            self._date,
+            listener,
+            done,
+            deadline=loop.time() + self.limits.header_timeout,
+        )
+        self._connections.add(connection)
+        connection.opening = loop.create_task(self._handshake(loop, sock, connection))
+
+    async def _handshake(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, connection: Connection
+    ) -> None:
+        """Opens the transport (TLS: the handshake) within the connection's header deadline."""
+        limits = self.limits
         try:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no time left for the TLS handshake")
-            tls.settimeout(remaining)  # one deadline for the whole handshake, not per read
-            tls.do_handshake()
-        except BaseException:
-            tls.close()
-            raise
-        return tls
+            async with asyncio.timeout(limits.header_timeout):
+                await loop.connect_accepted_socket(
+                    lambda: connection,
+                    sock,
+                    ssl=self._tls,
+                    ssl_handshake_timeout=limits.header_timeout if self._tls else None,
+                    ssl_shutdown_timeout=limits.write_timeout if self._tls else None,
+                )
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            log.debug("connection not opened: %s", exc)
+            sock.close()
+            connection.abandon()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+    # ------------------------------------------------------------------ routing
+
+    def _respond(self, request: Request) -> Answer | Awaitable[Answer]:
+        """The answer, or a coroutine making it when it must wait (a collection, bcrypt)."""
+        auth = self.web.basic_auth
+        if auth is not None and not auth.remembered(request.header("authorization")):
+            return self._check_then_route(request)
+        return self._route(request)
+
+    async def _check_then_route(self, request: Request) -> Answer:
+        auth = self.web.basic_auth
+        assert auth is not None
+        loop = asyncio.get_running_loop()
+        header = request.header("authorization")
+        if not await loop.run_in_executor(self._password_checks, auth.check_header, header):
+            return Answer(
+                401,
+                b"Unauthorized\n",
+                headers=(("WWW-Authenticate", 'Basic realm="limpeza-exporter"'),),
+            )
+        answer = self._route(request)
+        return answer if isinstance(answer, Answer) else await answer
+
+    def _route(self, request: Request) -> Answer | asyncio.Future[Answer]:
+        if request.method not in ("GET", "HEAD"):
+            return Answer(405, b"Method Not Allowed\n", headers=(("Allow", "GET, HEAD"),))
+        if request.path == "/metrics":
+            return self._metrics(request)
+        if request.path == "/":
+            return Answer(200, self._landing, "text/html; charset=utf-8")
+        return Answer(404, b"Not Found\n")
+
+    def _metrics(self, request: Request) -> asyncio.Future[Answer]:
+        body = self.scrapes.body(request.header("accept"), request.header("accept-encoding"))
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        body.add_done_callback(functools.partial(_metrics_answer, answer))
+        return answer
+
+
+def _metrics_answer(answer: asyncio.Future[Answer], body: asyncio.Future[Body]) -> None:
+    if answer.done():
+        return  # the connection is gone
+    if body.cancelled():
+        answer.cancel()
+        return
+    error = body.exception()
+    if isinstance(error, ScrapeWaitError):
+        log.warning("scrape not answered: %s", error)
+        answer.set_result(Answer(503, b"scrape timed out\n"))
+    elif error is not None:
+        # The collector turns every partial fault into a metric; this is a bug.
+        log.error("scrape failed", exc_info=error)
+        answer.set_result(Answer(500, b"scrape failed\n"))
+    else:
+        data = body.result()
+        headers = [("Vary", "Accept, Accept-Encoding")]
+        if data.gzipped:
+            headers.append(("Content-Encoding", "gzip"))
+        answer.set_result(Answer(200, data.data, data.content_type, tuple(headers)))

@@ -95,13 +95,33 @@ class BasicAuth:
     _verified: dict[bytes, None] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def _key(self, user: str, secret: bytes, hashed: bytes) -> bytes:
+        return hashlib.sha256(b"\0".join((user.encode("utf-8"), secret, hashed))).digest()
+
+    def remembered(self, header: str | None) -> bool:
+        """True when these exact credentials passed a bcrypt check before (no check now).
+
+        The key holds the user, the password and the hash, so a wrong password, or the
+        right one after the hash changed, is never taken from here.
+        """
+        credentials = _credentials(header)
+        if credentials is None:
+            return False
+        user, password = credentials
+        hashed = self.users.get(user)
+        if hashed is None:
+            return False
+        key = self._key(user, password.encode("utf-8"), hashed)
+        with self._lock:
+            return key in self._verified
+
     def check(self, user: str, password: str) -> bool:
         hashed = self.users.get(user)
         secret = password.encode("utf-8")
         if hashed is None:
             bcrypt.checkpw(secret, _dummy_hash())
             return False
-        key = hashlib.sha256(b"\0".join((user.encode("utf-8"), secret, hashed))).digest()
+        key = self._key(user, secret, hashed)
         with self._lock:
             if key in self._verified:
                 return True
@@ -118,19 +138,23 @@ class BasicAuth:
 
     def check_header(self, header: str | None) -> bool:
         """True when an ``Authorization`` header carries valid Basic credentials."""
-        if not header:
-            return False
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        user, sep, password = decoded.partition(":")
-        if not sep:
-            return False
-        return self.check(user, password)
+        credentials = _credentials(header)
+        return credentials is not None and self.check(*credentials)
+
+
+def _credentials(header: str | None) -> tuple[str, str] | None:
+    """User and password of an ``Authorization: Basic`` header, or None."""
+    if not header:
+        return None
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
 
 
 @dataclass(frozen=True)

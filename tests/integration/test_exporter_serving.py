@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import re
 import resource
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -251,4 +253,85 @@ def test_out_of_file_descriptors_the_accept_loop_backs_off(
     log = exporter.log()
     assert log.count("cannot accept connections") == 1, log
     assert "accepting connections again" in log
+    assert exporter.stop() == 0
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _exchange(exporter: ExporterProcess, raw: bytes, *, half_close: bool = False) -> bytes:
+    """Sends ``raw`` on a new connection and reads until the exporter closes it."""
+    with socket.create_connection(("127.0.0.1", exporter.port), timeout=15) as sock:
+        sock.sendall(raw)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_methods_bad_heads_and_pipelined_requests(
+    start_exporter: StartExporter, tmp_path: Path
+) -> None:
+    site = write_site(tmp_path)
+    exporter = start_exporter(site.config)
+    posted = requests.post(exporter.url(), data=b"x", timeout=15)
+    assert posted.status_code == 405
+    assert posted.headers["Allow"] == "GET, HEAD"
+    assert _exchange(exporter, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert _exchange(exporter, b"GET / HTTP/1.1\r\nX: " + b"a" * 70000).startswith(b"HTTP/1.1 431 ")
+    # Three requests in one write on a kept-alive connection: three answers, in order; the
+    # last asks to close, so the exporter closes after it.
+    answers = _exchange(
+        exporter,
+        b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
+    assert statuses == [b"404", b"200", b"200"], answers
+    assert answers.endswith(b"</html>\n")
+    assert b"limpeza_" not in answers  # HEAD: headers only
+    # A client that half-closes after its request (shutdown(SHUT_WR)) still gets its answer.
+    answer = _exchange(exporter, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", half_close=True)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"Connection: close" in head
+    assert b"limpeza_state_up" in body
+    assert exporter.stop() == 0
+
+
+def test_password_checks_never_hold_up_remembered_clients(
+    start_exporter: StartExporter, tmp_path: Path
+) -> None:
+    """Wrong passwords each cost a slow bcrypt check; a known client is answered meanwhile."""
+    site = write_site(tmp_path)
+    web = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=12)).decode()  # ~0.3-1 s a check
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": hashed}}))
+    exporter = start_exporter(site.config, args=["--web.config.file", str(web)])
+    assert exporter.get(auth=("prometheus", "secret"), timeout=60).status_code == 200
+
+    finished: list[tuple[str, float, int]] = []
+    lock = threading.Lock()
+
+    def scrape(name: str, password: str) -> None:
+        code = exporter.get(auth=("prometheus", password), timeout=120).status_code
+        with lock:
+            finished.append((name, time.monotonic(), code))
+
+    wrong = [threading.Thread(target=scrape, args=("wrong", f"guess{i}")) for i in range(6)]
+    for thread in wrong:
+        thread.start()
+    time.sleep(0.5)  # the guesses are being checked
+    scrape("known", "secret")
+    for thread in wrong:
+        thread.join(180)
+    assert len(finished) == 7
+    assert {(name, code) for name, _, code in finished} == {("wrong", 401), ("known", 200)}
+    order = [name for name, _, _ in sorted(finished, key=lambda item: item[1])]
+    # Six slow checks, at most two at a time: the known client's answer
+    # comes before most of them are done.
+    assert order.index("known") < 3, order
     assert exporter.stop() == 0

@@ -196,3 +196,23 @@ def test_a_high_cost_is_validated_without_paying_for_it() -> None:
     started = time.monotonic()
     webconfig.parse({"basic_auth_users": {"a": f"$2b$31${salt_and_hash}"}}, Path("/"))
     assert time.monotonic() - started < 1.0  # cost 31 would take days
+
+
+def test_only_credentials_that_passed_are_remembered(hashed: str) -> None:
+    """The event loop takes remembered credentials without bcrypt: never a wrong one."""
+    auth = webconfig.parse({"basic_auth_users": {"prometheus": hashed}}, Path("/")).basic_auth
+    assert auth is not None
+    right = header("prometheus", PASSWORD)
+    assert not auth.remembered(right)  # not checked yet
+    assert not auth.check_header(header("prometheus", PASSWORD + "x"))
+    assert not auth.remembered(header("prometheus", PASSWORD + "x"))
+    assert auth.check_header(right)
+    assert auth.remembered(right)
+    for wrong in (
+        header("prometheus", PASSWORD + "x"),
+        header("prometheus", PASSWORD[:-1]),
+        header("someone", PASSWORD),
+        None,
+        "Basic !!!",
+    ):
+        assert not auth.remembered(wrong), wrong
