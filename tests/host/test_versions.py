@@ -6,11 +6,19 @@ import re
 
 import pytest
 
-from tests.host.conftest import REPO, Deployment, snapshot_sources
+from tests.host.conftest import REPO, Deployment, PlaybookRun, snapshot_sources
 
 pytestmark = pytest.mark.host
 
 CLEANER = "limpeza-cleaner.service"
+#: What a change of version does on every host, whatever else it does.
+NEW_VERSION_CHANGES = {
+    "limpeza : Copy the wheelhouse",
+    "limpeza : Remove the wheels of other versions from the target",
+    "limpeza : Install exactly the pinned set into the virtualenv, without a package index",
+    "limpeza_cleaner : Restart limpeza-cleaner",
+    "limpeza_exporter : Restart limpeza-exporter",
+}
 
 
 def _canonical(line: str) -> str:
@@ -58,14 +66,26 @@ def test_the_virtualenv_holds_exactly_the_pinned_set(deployed: Deployment) -> No
         ], name
 
 
+def _assert_check_predicted(check: PlaybookRun, run: PlaybookRun) -> None:
+    """--check, run just before ``run`` with the same arguments, said what it would change."""
+    assert check.returncode == 0, check.explain()
+    assert run.returncode == 0, run.explain()
+    tasks = run.changed_tasks()
+    for host, changed in tasks.items():
+        assert set(changed) >= NEW_VERSION_CHANGES, (host, changed)
+    assert check.changed_tasks() == tasks, check.explain()[-6000:]
+    assert check.changed() == run.changed(), check.explain()[-6000:]
+
+
 def test_a_downgrade_runs_the_earlier_version(deployed: Deployment) -> None:
     earlier = snapshot_sources(deployed.workdir / "src-0.0.9", version="0.0.9")
     before = _running(deployed)
-    run = deployed.playbook(
-        "deploy.yml", "-e", f"limpeza_source_dir={earlier}", "-e", "limpeza_version=0.0.9"
-    )
+    version = ("-e", f"limpeza_source_dir={earlier}", "-e", "limpeza_version=0.0.9")
+    # The earlier wheel is not built yet: check mode builds nothing, and still foresees it.
+    check = deployed.playbook("deploy.yml", "--check", *version)
+    run = deployed.playbook("deploy.yml", *version)
     try:
-        assert run.returncode == 0, run.explain()
+        _assert_check_predicted(check, run)
         assert _installed(deployed) == dict.fromkeys(deployed.targets, _pinned("0.0.9"))
         for name, files in _limpeza_wheels(deployed).items():
             assert "limpeza-0.1.0-py3-none-any.whl" not in files, name
@@ -74,8 +94,10 @@ def test_a_downgrade_runs_the_earlier_version(deployed: Deployment) -> None:
             assert after[name][0] != before[name][0], f"{name}: the cleaner was not restarted"
             assert after[name][1] == "0.0.9", name
     finally:
+        # Back to the version the sources hold, whose wheel is in the cache.
+        back_check = deployed.playbook("deploy.yml", "--check")
         back = deployed.playbook("deploy.yml")
-    assert back.returncode == 0, back.explain()
+    _assert_check_predicted(back_check, back)
     assert _installed(deployed) == dict.fromkeys(deployed.targets, _pinned("0.1.0"))
     assert {name: version for name, (_, version) in _running(deployed).items()} == dict.fromkeys(
         deployed.targets, "0.1.0"
