@@ -7,6 +7,7 @@ import re
 import pytest
 
 from tests.host.conftest import REPO, Deployment, PlaybookRun, snapshot_sources
+from tools.lock import parse as parse_lock
 
 pytestmark = pytest.mark.host
 
@@ -27,8 +28,8 @@ def _canonical(line: str) -> str:
 
 
 def _pinned(version: str) -> list[str]:
-    lines = (REPO / "requirements.lock").read_text(encoding="utf-8").splitlines()
-    pins = [_canonical(line) for line in lines if line.strip() and not line.startswith("#")]
+    lock = parse_lock((REPO / "requirements.lock").read_text(encoding="utf-8"))
+    pins = [_canonical(f"{name}=={pinned}") for name, pinned, _ in lock.values()]
     return sorted([*pins, f"limpeza=={version}"])
 
 

@@ -9,10 +9,12 @@ are only read. The wheel replaces the one of the same name in WHEELS_DIR; the wh
 versions stay there, for a rollback. Its name is printed.
 
 ``dependencies`` downloads the binary wheels of the pinned dependencies (LOCK_FILE, a
-requirements file of name==version lines) for one target: CPython PYTHON_VERSION on ARCH
-with the GNU C library GLIBC_VERSION, whatever Python and platform the controller runs. They
-are collected in a fresh directory renamed to DEST_DIR once complete, with the lock file
-beside them. pip's own cache is $PIP_CACHE_DIR (the role sets it inside the cache directory).
+requirements file of name==version lines, each with the sha256 hashes of its wheels) for one
+target: CPython PYTHON_VERSION on ARCH with the GNU C library GLIBC_VERSION, whatever Python
+and platform the controller runs. pip checks every wheel against the lock's hashes
+(``--require-hashes``: a pin without one is refused too). They are collected in a fresh
+directory renamed to DEST_DIR once complete, with the lock file beside them. pip's own cache
+is $PIP_CACHE_DIR (the role sets it inside the cache directory).
 """
 
 from __future__ import annotations
@@ -52,16 +54,28 @@ def platforms(arch: str, glibc: str) -> list[str]:
     return [*tags, f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}", f"linux_{arch}"]
 
 
+def download(
+    requirements: Path, out: Path, python: str, arch: str, glibc: str, require_hashes: bool
+) -> None:
+    """The wheels of ``requirements`` (pins, no dependencies) for one target, into ``out``.
+
+    The deploy requires the lock's hashes; ``make lock`` calls it without, to learn them.
+    """
+    abi = "cp" + python.replace(".", "")
+    command = [*PIP, "download", "--only-binary=:all:", "--no-deps", "--implementation", "cp"]
+    command += ["--python-version", python, "--abi", abi, "--abi", "abi3", "--abi", "none"]
+    for platform in platforms(arch, glibc):
+        command += ["--platform", platform]
+    if require_hashes:
+        command.append("--require-hashes")
+    subprocess.run([*command, "--dest", str(out), "--requirement", str(requirements)], check=True)
+
+
 def fetch_dependencies(lock: Path, dest: Path, python: str, arch: str, glibc: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    abi = "cp" + python.replace(".", "")
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=dest.parent) as tmp:
         out = Path(tmp) / "out"
-        command = [*PIP, "download", "--only-binary=:all:", "--no-deps", "--implementation", "cp"]
-        command += ["--python-version", python, "--abi", abi, "--abi", "abi3", "--abi", "none"]
-        for platform in platforms(arch, glibc):
-            command += ["--platform", platform]
-        subprocess.run([*command, "--dest", str(out), "--requirement", str(lock)], check=True)
+        download(lock, out, python, arch, glibc, require_hashes=True)
         shutil.copy2(lock, out / "requirements.lock")
         if dest.exists():
             shutil.rmtree(dest)
