@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -103,3 +104,39 @@ def test_a_downgrade_runs_the_earlier_version(deployed: Deployment) -> None:
     assert {name: version for name, (_, version) in _running(deployed).items()} == dict.fromkeys(
         deployed.targets, "0.1.0"
     )
+
+
+def test_the_controllers_cache_keeps_the_last_versions(deployed: Deployment) -> None:
+    cache = deployed.workdir / "cache"
+    current = cache / "wheels" / "limpeza-0.1.0-py3-none-any.whl"
+    assert current.is_file()
+    (digest,) = [p.name for p in (cache / "dependencies").iterdir()]  # one lock file so far
+    # An older version's wheel and an older lock file's dependencies, built before the others.
+    old_wheel = cache / "wheels" / "limpeza-0.0.1-py3-none-any.whl"
+    old_wheel.write_bytes(current.read_bytes())
+    old_dependencies = cache / "dependencies" / "000000000000"
+    (old_dependencies / "cp311-x86_64-glibc2.36").mkdir(parents=True)
+    for path in (old_wheel, old_dependencies):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+
+    def listing() -> list[str]:
+        return sorted(str(p.relative_to(cache)) for p in cache.rglob("*"))
+
+    before = listing()
+    check = deployed.playbook("deploy.yml", "--check", "-e", "limpeza_cache_keep=1")
+    assert check.returncode == 0, check.explain()
+    assert listing() == before, "check mode pruned the cache"
+
+    # The default keeps 3: nothing goes.
+    run = deployed.playbook("deploy.yml")
+    assert run.returncode == 0, run.explain()
+    assert old_wheel.exists() and old_dependencies.exists()
+
+    run = deployed.playbook("deploy.yml", "-e", "limpeza_cache_keep=1")
+    assert run.returncode == 0, run.explain()
+    assert run.changed() == dict.fromkeys(deployed.targets, 0), run.explain()
+    assert not old_wheel.exists() and not old_dependencies.exists()
+    # The wheel deployed, the one the targets ran before (the same) and the current lock's
+    # dependencies stay.
+    assert sorted(p.name for p in (cache / "wheels").iterdir()) == [current.name]
+    assert [p.name for p in (cache / "dependencies").iterdir()] == [digest]

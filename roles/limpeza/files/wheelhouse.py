@@ -2,6 +2,7 @@
 
 usage: wheelhouse.py wheel SOURCE_DIR WHEELS_DIR
        wheelhouse.py dependencies LOCK_FILE DEST_DIR PYTHON_VERSION ARCH GLIBC_VERSION
+       wheelhouse.py prune CACHE_DIR KEEP LOCK_DIGEST [VERSION...]
 
 ``wheel`` builds the limpeza wheel (pure Python) from a copy of SOURCE_DIR: setuptools
 writes build/ and *.egg-info into the tree it builds, and never prunes build/lib. The sources
@@ -15,6 +16,12 @@ and platform the controller runs. pip checks every wheel against the lock's hash
 (``--require-hashes``: a pin without one is refused too). They are collected in a fresh
 directory renamed to DEST_DIR once complete, with the lock file beside them. pip's own cache
 is $PIP_CACHE_DIR (the role sets it inside the cache directory).
+
+``prune`` keeps CACHE_DIR from growing with every release: of the limpeza wheels in
+CACHE_DIR/wheels, the KEEP built last (by modification time) stay, and those of the
+VERSIONs (the one deployed, the ones the targets ran before it: a rollback's); of the
+dependency sets in CACHE_DIR/dependencies (one directory per lock file), the KEEP fetched
+last stay, and LOCK_DIGEST's (the lock deployed). The rest is removed, and named.
 """
 
 from __future__ import annotations
@@ -82,12 +89,37 @@ def fetch_dependencies(lock: Path, dest: Path, python: str, arch: str, glibc: st
         out.rename(dest)
 
 
+def prune(cache: Path, keep: int, lock_digest: str, versions: set[str]) -> list[Path]:
+    """Removes what the cache holds beyond the last ``keep`` versions; returns it."""
+
+    def newest_first(paths: list[Path]) -> list[Path]:
+        return sorted(paths, key=lambda path: (path.stat().st_mtime_ns, path.name), reverse=True)
+
+    removed = []
+    wheels = newest_first(list((cache / "wheels").glob("limpeza-*-py3-none-any.whl")))
+    for wheel in wheels[keep:]:
+        if wheel.name.split("-")[1] not in versions:
+            wheel.unlink()
+            removed.append(wheel)
+    root = cache / "dependencies"
+    sets = newest_first([p for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
+    for directory in sets[keep:]:
+        if directory.name != lock_digest and not directory.name.startswith("."):
+            shutil.rmtree(directory)
+            removed.append(directory)
+    return removed
+
+
 def main(argv: list[str]) -> int:
     if argv[1:2] == ["wheel"] and len(argv) == 4:
         print(build_wheel(Path(argv[2]), Path(argv[3])))
         return 0
     if argv[1:2] == ["dependencies"] and len(argv) == 7:
         fetch_dependencies(Path(argv[2]), Path(argv[3]), argv[4], argv[5], argv[6])
+        return 0
+    if argv[1:2] == ["prune"] and len(argv) >= 5 and argv[3].isdigit() and int(argv[3]) >= 1:
+        for path in prune(Path(argv[2]), int(argv[3]), argv[4], set(argv[5:])):
+            print(f"removed {path}")
         return 0
     print(__doc__, file=sys.stderr)
     return 2
