@@ -13,13 +13,14 @@ APT_PACKAGES := python3-venv findutils util-linux procps postgresql prometheus \
 BENCH_PACKAGES := gcc libc6-dev
 PYTEST_ARGS ?=
 
-.PHONY: help setup packages venv demo test lint unit integration host bench bench-quick clean
+.PHONY: help setup packages venv demo test lint unit integration host bench bench-quick lock clean
 
 help:
 	@echo "make demo   run the bundle end to end on an embedded default"
 	@echo "make test   run every check (lint, unit, integration, host)"
 	@echo "make lint   ruff, mypy, yamllint, ansible-lint, promtool"
 	@echo "make bench  regenerate bench/RESULTS.md"
+	@echo "make lock   hash requirements.lock's pins from the package index"
 
 packages:
 	@tools/ensure-packages $(APT_PACKAGES)
@@ -59,6 +60,10 @@ bench: setup
 bench-quick: setup
 	@tools/ensure-packages $(BENCH_PACKAGES)
 	$(BIN)/python -m bench.run --quick
+
+# requirements.lock's hashes: the wheels the package index serves for every supported target.
+lock: setup
+	$(BIN)/python -m tools.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

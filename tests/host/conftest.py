@@ -75,11 +75,27 @@ class PlaybookRun:
     def changed(self) -> dict[str, int]:
         return {host: counts["changed"] for host, counts in self.recap.items()}
 
+    def changed_tasks(self) -> dict[str, list[str]]:
+        """Per host, the tasks and handlers (``role : name``) that reported changed, in order."""
+        seen: dict[str, list[tuple[int, str]]] = {host: [] for host in self.recap}
+        current = (0, "")
+        for line in self.output.splitlines():
+            if header := _TASK_RE.match(line):
+                current = (current[0] + 1, header.group(1))
+            elif (change := _CHANGED_RE.match(line)) and current not in (
+                changed := seen.setdefault(change.group(1), [])
+            ):
+                changed.append(current)  # once per task, whatever its loop items
+        return {host: [name for _, name in changed] for host, changed in seen.items()}
+
     def explain(self) -> str:
         return f"ansible-playbook {' '.join(self.args)} exited {self.returncode}:\n{self.output}"
 
 
 _RECAP_RE = re.compile(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", re.M)
+_TASK_RE = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(.*)\] \**$")
+#: ``changed: [host]``, ``changed: [host -> localhost]``, with or without ``=> (item=...)``.
+_CHANGED_RE = re.compile(r"^changed: \[([^\]\s]+)")
 
 
 @dataclass

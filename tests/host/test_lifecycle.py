@@ -149,6 +149,11 @@ def test_uninstall_removes_the_units_and_keeps_state_and_logs(deployed: Deployme
         again = deployed.playbook("uninstall.yml")
         assert again.returncode == 0, again.explain()
         assert again.changed() == dict.fromkeys(deployed.targets, 0), again.explain()
+        purged = deployed.playbook("uninstall.yml", "-e", "purge=true")
+        assert purged.returncode == 0, purged.explain()
+        for name, target in deployed.targets.items():
+            for gone in ("/var/lib/limpeza", "/var/log/limpeza"):
+                assert target.ssh(f"test -e {gone}", check=False).returncode, f"{name}: {gone}"
     finally:
         back = deployed.playbook("deploy.yml")
     assert back.returncode == 0, back.explain()

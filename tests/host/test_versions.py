@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 
-from tests.host.conftest import REPO, Deployment, snapshot_sources
+from tests.host.conftest import REPO, Deployment, PlaybookRun, snapshot_sources
+from tools.lock import parse as parse_lock
 
 pytestmark = pytest.mark.host
 
 CLEANER = "limpeza-cleaner.service"
+#: What a change of version does on every host, whatever else it does.
+NEW_VERSION_CHANGES = {
+    "limpeza : Copy the wheelhouse",
+    "limpeza : Remove the wheels of other versions from the target",
+    "limpeza : Install exactly the pinned set into the virtualenv, without a package index",
+    "limpeza_cleaner : Restart limpeza-cleaner",
+    "limpeza_exporter : Restart limpeza-exporter",
+}
 
 
 def _canonical(line: str) -> str:
@@ -19,8 +29,8 @@ def _canonical(line: str) -> str:
 
 
 def _pinned(version: str) -> list[str]:
-    lines = (REPO / "requirements.lock").read_text(encoding="utf-8").splitlines()
-    pins = [_canonical(line) for line in lines if line.strip() and not line.startswith("#")]
+    lock = parse_lock((REPO / "requirements.lock").read_text(encoding="utf-8"))
+    pins = [_canonical(f"{name}=={pinned}") for name, pinned, _ in lock.values()]
     return sorted([*pins, f"limpeza=={version}"])
 
 
@@ -58,14 +68,26 @@ def test_the_virtualenv_holds_exactly_the_pinned_set(deployed: Deployment) -> No
         ], name
 
 
+def _assert_check_predicted(check: PlaybookRun, run: PlaybookRun) -> None:
+    """--check, run just before ``run`` with the same arguments, said what it would change."""
+    assert check.returncode == 0, check.explain()
+    assert run.returncode == 0, run.explain()
+    tasks = run.changed_tasks()
+    for host, changed in tasks.items():
+        assert set(changed) >= NEW_VERSION_CHANGES, (host, changed)
+    assert check.changed_tasks() == tasks, check.explain()[-6000:]
+    assert check.changed() == run.changed(), check.explain()[-6000:]
+
+
 def test_a_downgrade_runs_the_earlier_version(deployed: Deployment) -> None:
     earlier = snapshot_sources(deployed.workdir / "src-0.0.9", version="0.0.9")
     before = _running(deployed)
-    run = deployed.playbook(
-        "deploy.yml", "-e", f"limpeza_source_dir={earlier}", "-e", "limpeza_version=0.0.9"
-    )
+    version = ("-e", f"limpeza_source_dir={earlier}", "-e", "limpeza_version=0.0.9")
+    # The earlier wheel is not built yet: check mode builds nothing, and still foresees it.
+    check = deployed.playbook("deploy.yml", "--check", *version)
+    run = deployed.playbook("deploy.yml", *version)
     try:
-        assert run.returncode == 0, run.explain()
+        _assert_check_predicted(check, run)
         assert _installed(deployed) == dict.fromkeys(deployed.targets, _pinned("0.0.9"))
         for name, files in _limpeza_wheels(deployed).items():
             assert "limpeza-0.1.0-py3-none-any.whl" not in files, name
@@ -74,9 +96,47 @@ def test_a_downgrade_runs_the_earlier_version(deployed: Deployment) -> None:
             assert after[name][0] != before[name][0], f"{name}: the cleaner was not restarted"
             assert after[name][1] == "0.0.9", name
     finally:
+        # Back to the version the sources hold, whose wheel is in the cache.
+        back_check = deployed.playbook("deploy.yml", "--check")
         back = deployed.playbook("deploy.yml")
-    assert back.returncode == 0, back.explain()
+    _assert_check_predicted(back_check, back)
     assert _installed(deployed) == dict.fromkeys(deployed.targets, _pinned("0.1.0"))
     assert {name: version for name, (_, version) in _running(deployed).items()} == dict.fromkeys(
         deployed.targets, "0.1.0"
     )
+
+
+def test_the_controllers_cache_keeps_the_last_versions(deployed: Deployment) -> None:
+    cache = deployed.workdir / "cache"
+    current = cache / "wheels" / "limpeza-0.1.0-py3-none-any.whl"
+    assert current.is_file()
+    (digest,) = [p.name for p in (cache / "dependencies").iterdir()]  # one lock file so far
+    # An older version's wheel and an older lock file's dependencies, built before the others.
+    old_wheel = cache / "wheels" / "limpeza-0.0.1-py3-none-any.whl"
+    old_wheel.write_bytes(current.read_bytes())
+    old_dependencies = cache / "dependencies" / "000000000000"
+    (old_dependencies / "cp311-x86_64-glibc2.36").mkdir(parents=True)
+    for path in (old_wheel, old_dependencies):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+
+    def listing() -> list[str]:
+        return sorted(str(p.relative_to(cache)) for p in cache.rglob("*"))
+
+    before = listing()
+    check = deployed.playbook("deploy.yml", "--check", "-e", "limpeza_cache_keep=1")
+    assert check.returncode == 0, check.explain()
+    assert listing() == before, "check mode pruned the cache"
+
+    # The default keeps 3: nothing goes.
+    run = deployed.playbook("deploy.yml")
+    assert run.returncode == 0, run.explain()
+    assert old_wheel.exists() and old_dependencies.exists()
+
+    run = deployed.playbook("deploy.yml", "-e", "limpeza_cache_keep=1")
+    assert run.returncode == 0, run.explain()
+    assert run.changed() == dict.fromkeys(deployed.targets, 0), run.explain()
+    assert not old_wheel.exists() and not old_dependencies.exists()
+    # The wheel deployed, the one the targets ran before (the same) and the current lock's
+    # dependencies stay.
+    assert sorted(p.name for p in (cache / "wheels").iterdir()) == [current.name]
+    assert [p.name for p in (cache / "dependencies").iterdir()] == [digest]

@@ -22,6 +22,7 @@ import yaml
 from packaging.requirements import Requirement
 
 import cleaner
+from tools.lock import parse as parse_lock
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
@@ -148,12 +149,8 @@ def _canonical(name: str) -> str:
 
 
 def _lock() -> dict[str, str]:
-    pins = {}
-    for line in (REPO / "requirements.lock").read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[_canonical(name)] = version.strip()
-    return pins
+    text = (REPO / "requirements.lock").read_text(encoding="utf-8")
+    return {name: version for name, (_, version, _) in parse_lock(text).items()}
 
 
 def test_the_roles_deploy_the_collections_version_by_default() -> None:

@@ -2,6 +2,7 @@
 
 usage: wheelhouse.py wheel SOURCE_DIR WHEELS_DIR
        wheelhouse.py dependencies LOCK_FILE DEST_DIR PYTHON_VERSION ARCH GLIBC_VERSION
+       wheelhouse.py prune CACHE_DIR KEEP LOCK_DIGEST [VERSION...]
 
 ``wheel`` builds the limpeza wheel (pure Python) from a copy of SOURCE_DIR: setuptools
 writes build/ and *.egg-info into the tree it builds, and never prunes build/lib. The sources
@@ -9,10 +10,18 @@ are only read. The wheel replaces the one of the same name in WHEELS_DIR; the wh
 versions stay there, for a rollback. Its name is printed.
 
 ``dependencies`` downloads the binary wheels of the pinned dependencies (LOCK_FILE, a
-requirements file of name==version lines) for one target: CPython PYTHON_VERSION on ARCH
-with the GNU C library GLIBC_VERSION, whatever Python and platform the controller runs. They
-are collected in a fresh directory renamed to DEST_DIR once complete, with the lock file
-beside them. pip's own cache is $PIP_CACHE_DIR (the role sets it inside the cache directory).
+requirements file of name==version lines, each with the sha256 hashes of its wheels) for one
+target: CPython PYTHON_VERSION on ARCH with the GNU C library GLIBC_VERSION, whatever Python
+and platform the controller runs. pip checks every wheel against the lock's hashes
+(``--require-hashes``: a pin without one is refused too). They are collected in a fresh
+directory renamed to DEST_DIR once complete, with the lock file beside them. pip's own cache
+is $PIP_CACHE_DIR (the role sets it inside the cache directory).
+
+``prune`` keeps CACHE_DIR from growing with every release: of the limpeza wheels in
+CACHE_DIR/wheels, the KEEP built last (by modification time) stay, and those of the
+VERSIONs (the one deployed, the ones the targets ran before it: a rollback's); of the
+dependency sets in CACHE_DIR/dependencies (one directory per lock file), the KEEP fetched
+last stay, and LOCK_DIGEST's (the lock deployed). The rest is removed, and named.
 """
 
 from __future__ import annotations
@@ -52,20 +61,53 @@ def platforms(arch: str, glibc: str) -> list[str]:
     return [*tags, f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}", f"linux_{arch}"]
 
 
+def download(
+    requirements: Path, out: Path, python: str, arch: str, glibc: str, require_hashes: bool
+) -> None:
+    """The wheels of ``requirements`` (pins, no dependencies) for one target, into ``out``.
+
+    The deploy requires the lock's hashes; ``make lock`` calls it without, to learn them.
+    """
+    abi = "cp" + python.replace(".", "")
+    command = [*PIP, "download", "--only-binary=:all:", "--no-deps", "--implementation", "cp"]
+    command += ["--python-version", python, "--abi", abi, "--abi", "abi3", "--abi", "none"]
+    for platform in platforms(arch, glibc):
+        command += ["--platform", platform]
+    if require_hashes:
+        command.append("--require-hashes")
+    subprocess.run([*command, "--dest", str(out), "--requirement", str(requirements)], check=True)
+
+
 def fetch_dependencies(lock: Path, dest: Path, python: str, arch: str, glibc: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    abi = "cp" + python.replace(".", "")
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=dest.parent) as tmp:
         out = Path(tmp) / "out"
-        command = [*PIP, "download", "--only-binary=:all:", "--no-deps", "--implementation", "cp"]
-        command += ["--python-version", python, "--abi", abi, "--abi", "abi3", "--abi", "none"]
-        for platform in platforms(arch, glibc):
-            command += ["--platform", platform]
-        subprocess.run([*command, "--dest", str(out), "--requirement", str(lock)], check=True)
+        download(lock, out, python, arch, glibc, require_hashes=True)
         shutil.copy2(lock, out / "requirements.lock")
         if dest.exists():
             shutil.rmtree(dest)
         out.rename(dest)
+
+
+def prune(cache: Path, keep: int, lock_digest: str, versions: set[str]) -> list[Path]:
+    """Removes what the cache holds beyond the last ``keep`` versions; returns it."""
+
+    def newest_first(paths: list[Path]) -> list[Path]:
+        return sorted(paths, key=lambda path: (path.stat().st_mtime_ns, path.name), reverse=True)
+
+    removed = []
+    wheels = newest_first(list((cache / "wheels").glob("limpeza-*-py3-none-any.whl")))
+    for wheel in wheels[keep:]:
+        if wheel.name.split("-")[1] not in versions:
+            wheel.unlink()
+            removed.append(wheel)
+    root = cache / "dependencies"
+    sets = newest_first([p for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
+    for directory in sets[keep:]:
+        if directory.name != lock_digest and not directory.name.startswith("."):
+            shutil.rmtree(directory)
+            removed.append(directory)
+    return removed
 
 
 def main(argv: list[str]) -> int:
@@ -74,6 +116,10 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[1:2] == ["dependencies"] and len(argv) == 7:
         fetch_dependencies(Path(argv[2]), Path(argv[3]), argv[4], argv[5], argv[6])
+        return 0
+    if argv[1:2] == ["prune"] and len(argv) >= 5 and argv[3].isdigit() and int(argv[3]) >= 1:
+        for path in prune(Path(argv[2]), int(argv[3]), argv[4], set(argv[5:])):
+            print(f"removed {path}")
         return 0
     print(__doc__, file=sys.stderr)
     return 2
