@@ -74,11 +74,13 @@ class WebhookServer:
     """Records every POST it gets; ``url(name)`` is where a receiver ``name`` should post."""
 
     port: int
+    #: The address it listens on: 127.0.0.1, or one an Alertmanager in a container reaches.
+    host: str = "127.0.0.1"
     notifications: list[Notification] = field(default_factory=list)
     _lock: threading.Condition = field(default_factory=threading.Condition)
 
     def url(self, receiver: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{receiver}"
+        return f"http://{self.host}:{self.port}/{receiver}"
 
     def record(self, notification: Notification) -> None:
         with self._lock:
@@ -131,11 +133,11 @@ def _handler_for(server: WebhookServer) -> type[BaseHTTPRequestHandler]:
 
 
 @contextlib.contextmanager
-def serve_webhook() -> Iterator[WebhookServer]:
-    """An HTTP server on a free 127.0.0.1 port recording webhook POSTs; always shut down."""
-    port = free_port()
-    server = WebhookServer(port)
-    httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(server))
+def serve_webhook(host: str = "127.0.0.1") -> Iterator[WebhookServer]:
+    """An HTTP server on a free port of ``host`` recording webhook POSTs; always shut down."""
+    port = free_port(host)
+    server = WebhookServer(port, host)
+    httpd = ThreadingHTTPServer((host, port), _handler_for(server))
     thread = threading.Thread(target=httpd.serve_forever, name="webhook", daemon=True)
     thread.start()
     try:

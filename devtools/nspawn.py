@@ -6,8 +6,11 @@ tarball in ``$LIMPEZADEV_IMAGE_CACHE`` (default /var/cache/limpeza-tests), keyed
 and the package list, so only the first run pays for each build. Each target is a fresh
 copy of its release's tarball, booted with systemd as PID 1 by ``systemd-nspawn --boot``
 inside a cgroup of its own, in the host's network namespace: its sshd listens on a free
-port of 127.0.0.1 and accepts a given key. ``shutdown()`` powers it off (killed if it does
-not stop) and removes its cgroups, files and ssh connections.
+port of 127.0.0.1 and accepts a given key. A target may instead get a network of its own
+(``NetworkNamespace``: a namespace and a veth pair on a free /30): its sshd then listens on
+its address there, and the 127.0.0.1 of the others is out of its reach. ``shutdown()``
+powers it off (killed if it does not stop) and removes its cgroups, network, files and ssh
+connections.
 
 It needs root, debootstrap and systemd-nspawn; ``host_problem()`` says what is missing.
 """
@@ -17,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -37,7 +42,8 @@ SUITES = ("bookworm", "trixie")
 SUITE = SUITES[0]
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 #: What a target needs: systemd as init, sshd for Ansible, Python with venv for the
-#: bundle, iproute2/procps for the checks, and Prometheus (promtool) for the alerts role.
+#: bundle, iproute2/procps for the checks, Prometheus (promtool) for the alerts role and
+#: Alertmanager for the Prometheus host (the targets have no package index).
 PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -49,6 +55,7 @@ PACKAGES = (
     "iproute2",
     "procps",
     "prometheus",
+    "prometheus-alertmanager",
 )
 CACHE_ENV = "LIMPEZADEV_IMAGE_CACHE"
 DEFAULT_CACHE = Path("/var/cache/limpeza-tests")
@@ -195,9 +202,97 @@ def host_problem() -> str | None:
     return None
 
 
+#: Where private networks are taken from: a /30 of this range that no address or route of
+#: the machine overlaps.
+PRIVATE_RANGE = ipaddress.IPv4Network("10.213.0.0/16")
+
+
+def _run_ip(*args: str) -> str:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result.stdout
+
+
+def _networks_in_use() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 network the machine has an address in or a route to."""
+    used: list[ipaddress.IPv4Network] = []
+    for word in (_run_ip("-4", "-o", "addr", "show") + _run_ip("-4", "route", "show")).split():
+        with contextlib.suppress(ValueError):
+            network = ipaddress.ip_network(word, strict=False)
+            if isinstance(network, ipaddress.IPv4Network) and network.prefixlen > 0:
+                used.append(network)
+    return used
+
+
+@dataclass
+class NetworkNamespace:
+    """A network namespace joined to the machine by a veth pair on a /30 of its own.
+
+    The machine's end has ``host_address``, the namespace's end ``address``; the namespace's
+    loopback is its own. Names carry the process id and a random tag, so concurrent runs do
+    not collide; ``remove()`` deletes the namespace and with it both ends of the pair.
+    """
+
+    name: str
+    host_link: str
+    link: str
+    network: ipaddress.IPv4Network
+
+    @property
+    def path(self) -> Path:
+        return Path("/run/netns") / self.name
+
+    @property
+    def host_address(self) -> str:
+        return str(self.network.network_address + 1)
+
+    @property
+    def address(self) -> str:
+        return str(self.network.network_address + 2)
+
+    @classmethod
+    def create(cls) -> NetworkNamespace:
+        tag = f"{os.getpid() % 100000:05d}{secrets.token_hex(2)[:3]}"
+        used = _networks_in_use()
+        subnets: list[ipaddress.IPv4Network] = list(PRIVATE_RANGE.subnets(new_prefix=30))
+        for network in secrets.SystemRandom().sample(subnets, 64):
+            if not any(network.overlaps(other) for other in used):
+                break
+        else:
+            raise RuntimeError(f"no free /30 in {PRIVATE_RANGE}")
+        namespace = cls(f"limpeza-{tag}", f"lzh{tag}", f"lzn{tag}", network)
+        _run_ip("netns", "add", namespace.name)
+        try:
+            prefix = f"/{network.prefixlen}"
+            _run_ip("link", "add", namespace.host_link, "type", "veth", "peer", "name",
+                    namespace.link, "netns", namespace.name)  # fmt: skip
+            _run_ip("addr", "add", namespace.host_address + prefix, "dev", namespace.host_link)
+            _run_ip("link", "set", namespace.host_link, "up")
+            inside = ("-n", namespace.name)
+            _run_ip(*inside, "addr", "add", namespace.address + prefix, "dev", namespace.link)
+            _run_ip(*inside, "link", "set", namespace.link, "up")
+            _run_ip(*inside, "link", "set", "lo", "up")
+        except BaseException:
+            namespace.remove()
+            raise
+        return namespace
+
+    def remove(self) -> None:
+        """Deletes the namespace and both ends of the pair (idempotent)."""
+        with contextlib.suppress(RuntimeError):
+            _run_ip("link", "del", self.host_link)
+        with contextlib.suppress(RuntimeError):
+            _run_ip("netns", "del", self.name)
+
+
 @dataclass
 class Target:
-    """One booted Debian host reachable as root over ssh on 127.0.0.1."""
+    """One booted Debian host reachable as root over ssh on its ``address``.
+
+    ``address`` is 127.0.0.1, in the machine's network namespace, unless the target has a
+    ``network`` of its own: then its address there.
+    """
 
     name: str
     base: Path
@@ -207,6 +302,11 @@ class Target:
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     cgroups: list[Path] = field(default_factory=list)
+    network: NetworkNamespace | None = None
+
+    @property
+    def address(self) -> str:
+        return self.network.address if self.network is not None else "127.0.0.1"
 
     @property
     def root(self) -> Path:
@@ -228,7 +328,7 @@ class Target:
             str(self.key),
             "-p",
             str(self.ssh_port),
-            "root@127.0.0.1",
+            f"root@{self.address}",
         ]
 
     def ssh(
@@ -266,7 +366,7 @@ class Target:
             ]
         )
         return testinfra.get_host(
-            f"ssh://root@127.0.0.1:{self.ssh_port}",
+            f"ssh://root@{self.address}:{self.ssh_port}",
             ssh_identity_file=str(self.key),
             ssh_extra_args=extra,
             controlpersist=0,
@@ -297,7 +397,7 @@ class Target:
         )
         (ssh_dir / "authorized_keys").chmod(0o600)
         (etc / "ssh" / "sshd_config.d" / "limpeza-test.conf").write_text(
-            f"Port {self.ssh_port}\nListenAddress 127.0.0.1\nPasswordAuthentication no\n"
+            f"Port {self.ssh_port}\nListenAddress {self.address}\nPasswordAuthentication no\n"
             "PermitRootLogin prohibit-password\nUseDNS no\n",
             encoding="utf-8",
         )
@@ -338,6 +438,11 @@ class Target:
                     "--link-journal=no",
                     f"--machine={self.name}",
                     f"--directory={self.root}",
+                    *(
+                        [f"--network-namespace-path={self.network.path}"]
+                        if self.network is not None
+                        else []
+                    ),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=console,
@@ -387,6 +492,8 @@ class Target:
                 self.process.wait(10)
         self._kill_cgroups()
         self._remove_cgroups()
+        if self.network is not None:
+            self.network.remove()
         shutil.rmtree(self.base, ignore_errors=True)
 
     def _pids(self) -> set[int]:
@@ -426,12 +533,14 @@ def boot_targets(
     workdir: Path,
     prepare: Callable[[Target], None] | None = None,
     suites: dict[str, str] | None = None,
+    private_network: frozenset[str] = frozenset(),
 ) -> list[Target]:
     """Unpacks and boots one target per name (in parallel) and waits until all are up.
 
     ``suites`` gives a target's Debian release (default ``SUITE``); each release's image is
-    built once and cached. ``prepare`` may change a target's files before it boots. On
-    failure every target already started is shut down.
+    built once and cached. The targets named in ``private_network`` get a network namespace
+    of their own (``NetworkNamespace``). ``prepare`` may change a target's files before it
+    boots. On failure every target already started is shut down, its network removed.
     """
     suites = suites or {}
     wanted = sorted({suites.get(name, SUITE) for name in names})
@@ -447,6 +556,8 @@ def boot_targets(
             suite = suites.get(name, SUITE)
             target = Target(name=name, base=base, ssh_port=free_port(), key=key, suite=suite)
             targets.append(target)
+            if name in private_network:
+                target.network = NetworkNamespace.create()
         # Unpacking is mostly waiting on the disk: all at once, then every target boots.
         with ThreadPoolExecutor(max_workers=len(targets)) as pool:
             list(pool.map(lambda t: t.unpack(tarballs[t.suite]), targets))

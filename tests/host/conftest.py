@@ -1,9 +1,12 @@
 """The host tier: a mixed fleet of booted targets, deployed with playbooks/deploy.yml.
 
 ``limpeza-a`` (Debian 12) and ``limpeza-b`` (Debian 13) are application hosts sharing one jobs
-database (the suite's PostgreSQL on 127.0.0.1), deployed in one play; ``limpeza-a`` is also
-the Prometheus host. The deployment is done
-once per session: first in check mode on the fresh hosts, then for real.
+database (the suite's PostgreSQL on 127.0.0.1), deployed in one play. ``limpeza-prometheus``
+(Debian 12) is the Prometheus host, in a network namespace of its own joined by a veth pair:
+the application hosts' 127.0.0.1 is out of its reach, their exporters listen on the machine's
+end of the pair (their inventory address) and a webhook receiver of the suite listens there
+for its Alertmanager. The deployment is done once per session: first in check mode on the
+fresh hosts, then for real; nothing on the Prometheus host is written by hand.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from devtools.alertmanager import WebhookServer, serve_webhook
 from devtools.nspawn import Target, boot_targets
 from devtools.postgres import JobsDatabase, PostgresServer, fresh_jobs_database
 from devtools.process import free_port
@@ -32,9 +36,11 @@ from devtools.tls import CertificateAuthority, ServerCertificate, certificate_au
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["limpeza-a", "limpeza-b"]
+PROMETHEUS_HOST = "limpeza-prometheus"
 #: Each target's Debian release: one play deploys both, each with its own Python.
-SUITES = {"limpeza-a": "bookworm", "limpeza-b": "trixie"}
-PROMETHEUS_HOST = "limpeza-a"
+SUITES = {"limpeza-a": "bookworm", "limpeza-b": "trixie", PROMETHEUS_HOST: "bookworm"}
+#: Prometheus' own port, in its own network namespace.
+PROMETHEUS_PORT = 9090
 UPLOADS = "/srv/app/uploads"
 BACKEND_UPLOADS = "/srv/app/backend/app/uploads"
 #: The backend's group owning the upload directory; the cleaner gets it as a supplementary group.
@@ -42,7 +48,6 @@ APP_GROUP = "www-data"
 #: The exporters serve TLS with a certificate of the suite's CA and ask for this user.
 SCRAPE_USER = "prometheus"
 SCRAPE_PASSWORD = "scrape-s3cret"
-PROMETHEUS_CA = "/etc/prometheus/limpeza-ca.crt"
 #: A rule of the deployment keeps what it takes here (outside the swept directories, on
 #: their filesystem), to be restored; the role creates the directory.
 QUARANTINE = "/srv/app/.limpeza-quarantine"
@@ -102,13 +107,16 @@ _CHANGED_RE = re.compile(r"^changed: \[([^\]\s]+)")
 class Deployment:
     """The targets, their inventory, the shared database, and how to run playbooks on them."""
 
+    #: The application hosts, by name.
     targets: dict[str, Target]
+    prometheus: Target
     inventory: Path
     workdir: Path
     database: JobsDatabase
     exporter_ports: dict[str, int]
-    prometheus_port: int
     ca: CertificateAuthority
+    #: Where the Prometheus host's Alertmanager sends the pager and the ticket receivers.
+    webhook: WebhookServer
     fresh_check: PlaybookRun | None = None
     first_deploy: PlaybookRun | None = None
     #: What the controller had after the fresh check: files in the cache directory, and
@@ -116,6 +124,29 @@ class Deployment:
     cache_after_check: list[str] = field(default_factory=list)
     sentinel_after_check: bool = False
     sentinel_after_deploy: bool = False
+
+    @property
+    def hosts(self) -> list[str]:
+        """Every host of the inventory: what a deploy's recap lists."""
+        return [*self.targets, self.prometheus.name]
+
+    @property
+    def exporter_host(self) -> str:
+        """Where the application hosts' exporters listen: the machine's end of the veth pair."""
+        assert self.prometheus.network is not None
+        return self.prometheus.network.host_address
+
+    def exporter_address(self, name: str) -> str:
+        return f"{self.exporter_host}:{self.exporter_ports[name]}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.prometheus.address}:{PROMETHEUS_PORT}"
+
+    def prometheus_api(self, path: str) -> Any:
+        """GET an endpoint of Prometheus' HTTP API, from this machine; its ``data``."""
+        with urllib.request.urlopen(f"{self.prometheus_url}{path}", timeout=10) as response:
+            return json.load(response)["data"]
 
     def playbook(
         self, name: str, *extra: str, timeout: float = 900, bin_dir: Path = REPO / ".venv" / "bin"
@@ -152,7 +183,7 @@ class Deployment:
     def scrape(self, name: str, password: str = SCRAPE_PASSWORD) -> str:
         """GET /metrics of a target's exporter over TLS (the suite's CA) with basic auth."""
         context = ssl.create_default_context(cafile=str(self.ca.cert))
-        request = urllib.request.Request(f"https://127.0.0.1:{self.exporter_ports[name]}/metrics")
+        request = urllib.request.Request(f"https://{self.exporter_address(name)}/metrics")
         token = base64.b64encode(f"{SCRAPE_USER}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
         with urllib.request.urlopen(request, timeout=10, context=context) as response:
@@ -163,10 +194,12 @@ class Deployment:
         return dict(json.loads(text))
 
 
-def _prepare(
-    exporter_ports: dict[str, int], prometheus_port: int, ca: CertificateAuthority
-) -> Callable[[Target], None]:
-    """Files a target has before the deploy: the backend's upload directories, Prometheus."""
+def _prepare() -> Callable[[Target], None]:
+    """Files a target has before the deploy: the backend's upload directories.
+
+    The images hold Prometheus and Alertmanager for the Prometheus host: on the application
+    hosts, which share the machine's network, they are masked.
+    """
 
     def prepare(target: Target) -> None:
         root = target.root
@@ -176,90 +209,110 @@ def _prepare(
             # www-data is uid/gid 33 in Debian's base-passwd.
             os.chown(uploads, 33, 33)
             uploads.chmod(0o2775)
-        units = root / "etc" / "systemd" / "system"
         if target.name != PROMETHEUS_HOST:
-            (units / "prometheus.service").symlink_to("/dev/null")
-            return
-        (root / "etc" / "default" / "prometheus").write_text(
-            f'ARGS="--web.listen-address=127.0.0.1:{prometheus_port}"\n', encoding="utf-8"
-        )
-        config = {
-            "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
-            "rule_files": ["/etc/prometheus/rules/*.yml"],
-            "scrape_configs": [
-                {
-                    "job_name": "limpeza",
-                    "scheme": "https",
-                    "tls_config": {"ca_file": PROMETHEUS_CA},
-                    "basic_auth": {"username": SCRAPE_USER, "password": SCRAPE_PASSWORD},
-                    "static_configs": [
-                        {"targets": [f"127.0.0.1:{port}" for port in exporter_ports.values()]}
-                    ],
-                }
-            ],
-        }
-        (root / "etc" / "prometheus" / "prometheus.yml").write_text(
-            yaml.safe_dump(config), encoding="utf-8"
-        )
-        shutil.copy2(ca.cert, root / PROMETHEUS_CA.lstrip("/"))
-        (root / PROMETHEUS_CA.lstrip("/")).chmod(0o644)
+            units = root / "etc" / "systemd" / "system"
+            for unit in ("prometheus.service", "prometheus-alertmanager.service"):
+                (units / unit).symlink_to("/dev/null")
 
     return prepare
+
+
+#: The variables of the application hosts the README's Deploy steps 3 to 6 have you set,
+#: in a file of their own beside the example's group_vars/limpeza/main.yml.
+TEST_VARS = Path("group_vars") / "limpeza" / "test.yml"
 
 
 def _write_inventory(
     path: Path,
     targets: dict[str, Target],
+    prometheus: Target,
     key: Path,
     database: JobsDatabase,
     exporter_ports: dict[str, int],
     workdir: Path,
     tls: ServerCertificate,
+    ca: CertificateAuthority,
+    webhook: WebhookServer,
 ) -> None:
-    hosts = {
-        name: {
-            "ansible_host": "127.0.0.1",
+    """The README's Deploy steps: a copy of inventories/example with these hosts.
+
+    Only the connection variables, the addresses and ports, the test-sized timings and what
+    the steps ask for (the database, TLS and users, the CA, Alertmanager's receivers) are set.
+    """
+    shutil.copytree(REPO / "inventories" / "example", path)
+
+    def connection(target: Target) -> dict[str, Any]:
+        return {
+            "ansible_host": target.address,
             "ansible_port": target.ssh_port,
             "ansible_user": "root",
             "ansible_ssh_private_key_file": str(key),
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
             "-o UserKnownHostsFile=/dev/null",
-            "limpeza_exporter_listen_address": f"127.0.0.1:{exporter_ports[name]}",
+        }
+
+    assert prometheus.network is not None
+    hosts = {
+        name: {
+            **connection(target),
+            # All application hosts share the machine's network: one address, a port each.
+            "limpeza_exporter_listen_address": (
+                f"{prometheus.network.host_address}:{exporter_ports[name]}"
+            ),
         }
         for name, target in targets.items()
+    }
+    prometheus_vars = {
+        **connection(prometheus),
+        # The CA of the exporters' certificates; the scrape user and its password are the
+        # exporters' own (limpeza_exporter_basic_auth_users).
+        "limpeza_prometheus_scrape_ca": ca.cert.read_text(encoding="ascii"),
+        "limpeza_prometheus_alertmanager_enabled": True,
+        "limpeza_prometheus_alertmanager_pager": {
+            "webhook_configs": [{"url": webhook.url("pager"), "send_resolved": True}]
+        },
+        "limpeza_prometheus_alertmanager_ticket": {
+            "webhook_configs": [{"url": webhook.url("ticket"), "send_resolved": True}]
+        },
+        # Test-sized timings.
+        "limpeza_prometheus_scrape_interval": "2s",
+        "limpeza_prometheus_alertmanager_route": {"group_wait": "1s", "group_interval": "2s"},
+        "limpeza_alerts_jobs_active_for": "20s",
     }
     inventory = {
         "all": {
             "children": {
-                "limpeza": {
-                    "hosts": hosts,
-                    "vars": {
-                        "limpeza_interval": "2s",
-                        "limpeza_database_url": database.dsn,
-                        "limpeza_jobs_database": {
-                            "table": "jobs",
-                            "timestamp_column": "updated_at",
-                            "error_message_column": "error_message",
-                        },
-                        "limpeza_cleaner_supplementary_groups": [APP_GROUP],
-                        "limpeza_files_rules": RULES,
-                        # TLS and basic auth from the role's variables (the key and the
-                        # password would come from the vault).
-                        "limpeza_exporter_tls_cert": tls.cert.read_text(encoding="ascii"),
-                        "limpeza_exporter_tls_key": tls.key.read_text(encoding="ascii"),
-                        "limpeza_exporter_basic_auth_users": {SCRAPE_USER: SCRAPE_PASSWORD},
-                        # A snapshot of the sources, taken when the session starts: what is
-                        # deployed does not change under the tests while the checkout does.
-                        "limpeza_source_dir": str(workdir / "src"),
-                        # Everything the controller builds or fetches goes to the cache.
-                        "limpeza_cache_dir": str(workdir / "cache"),
-                    },
-                },
-                "prometheus": {"hosts": {PROMETHEUS_HOST: {}}},
+                "limpeza": {"hosts": hosts},
+                "prometheus": {"hosts": {prometheus.name: prometheus_vars}},
             }
         }
     }
-    path.write_text(yaml.safe_dump(inventory, sort_keys=False), encoding="utf-8")
+    (path / "hosts.yml").write_text(yaml.safe_dump(inventory, sort_keys=False), encoding="utf-8")
+    application = {
+        "limpeza_interval": "2s",
+        # In production encrypted inline (step 3).
+        "limpeza_database_url": database.dsn,
+        "limpeza_jobs_database": {
+            "table": "jobs",
+            "timestamp_column": "updated_at",
+            "error_message_column": "error_message",
+        },
+        "limpeza_cleaner_supplementary_groups": [APP_GROUP],
+        "limpeza_files_rules": RULES,
+        # TLS and basic auth from the role's variables (the key and the password would come
+        # from the vault).
+        "limpeza_exporter_tls_cert": tls.cert.read_text(encoding="ascii"),
+        "limpeza_exporter_tls_key": tls.key.read_text(encoding="ascii"),
+        "limpeza_exporter_basic_auth_users": {SCRAPE_USER: SCRAPE_PASSWORD},
+        # A snapshot of the sources, taken when the session starts: what is deployed does
+        # not change under the tests while the checkout does.
+        "limpeza_source_dir": str(workdir / "src"),
+        # Everything the controller builds or fetches goes to the cache.
+        "limpeza_cache_dir": str(workdir / "cache"),
+    }
+    (path / TEST_VARS).write_text(
+        "---\n" + yaml.safe_dump(application, sort_keys=False), encoding="utf-8"
+    )
 
 
 #: What the roles build the limpeza wheel from.
@@ -301,43 +354,72 @@ def deployment(
     shared_jobs_db: JobsDatabase,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
-    """Two booted targets, checked in check mode while fresh, then deployed for real."""
+    """Three booted targets, checked in check mode while fresh, then deployed for real."""
     exporter_ports = {name: free_port() for name in NAMES}
-    prometheus_port = free_port()
     workdir = tmp_path_factory.mktemp("deploy")
     ca = certificate_authority(workdir / "ca")
-    tls = ca.issue(workdir / "exporter-tls", ("127.0.0.1", "localhost"))
-    targets = boot_targets(
-        NAMES, host_ssh_key, nspawn_workdir, _prepare(exporter_ports, prometheus_port, ca), SUITES
+    booted = boot_targets(
+        [*NAMES, PROMETHEUS_HOST],
+        host_ssh_key,
+        nspawn_workdir,
+        _prepare(),
+        SUITES,
+        private_network=frozenset({PROMETHEUS_HOST}),
     )
+    by_name = {t.name: t for t in booted}
+    prometheus = by_name.pop(PROMETHEUS_HOST)
+    assert prometheus.network is not None
     try:
-        (workdir / "cp").mkdir()
-        (workdir / "ansible-tmp").mkdir()
-        by_name = {t.name: t for t in targets}
-        inventory = workdir / "hosts.yml"
-        _write_inventory(
-            inventory, by_name, host_ssh_key, shared_jobs_db, exporter_ports, workdir, tls
-        )
-        deployment = Deployment(
-            by_name, inventory, workdir, shared_jobs_db, exporter_ports, prometheus_port, ca
-        )
-        snapshot_sources(workdir / "src")
-        # A file of the user's under the sources' build/: no run may touch it.
-        sentinel = workdir / "src" / "build" / "important.txt"
-        sentinel.parent.mkdir()
-        sentinel.write_text("keep me\n", encoding="utf-8")
-        cache = workdir / "cache"
-        deployment.fresh_check = deployment.playbook("deploy.yml", "--check", "--diff")
-        deployment.cache_after_check = sorted(
-            str(p.relative_to(workdir)) for p in cache.rglob("*")
-        ) + ([str(cache)] if cache.exists() else [])
-        deployment.sentinel_after_check = sentinel.exists()
-        deployment.first_deploy = deployment.playbook("deploy.yml")
-        deployment.sentinel_after_deploy = sentinel.exists()
-        yield deployment
+        with serve_webhook(prometheus.network.host_address) as webhook:
+            tls = ca.issue(workdir / "exporter-tls", (prometheus.network.host_address,))
+            (workdir / "cp").mkdir()
+            (workdir / "ansible-tmp").mkdir()
+            inventory = workdir / "inventory"
+            _write_inventory(
+                inventory,
+                by_name,
+                prometheus,
+                host_ssh_key,
+                shared_jobs_db,
+                exporter_ports,
+                workdir,
+                tls,
+                ca,
+                webhook,
+            )
+            deployment = Deployment(
+                by_name,
+                prometheus,
+                inventory,
+                workdir,
+                shared_jobs_db,
+                exporter_ports,
+                ca,
+                webhook,
+            )
+            yield from _deploy(deployment)
     finally:
-        for target in targets:
+        for target in booted:
             target.shutdown()
+
+
+def _deploy(deployment: Deployment) -> Iterator[Deployment]:
+    """The check on the fresh hosts, then the deploy; yields the deployment."""
+    workdir = deployment.workdir
+    snapshot_sources(workdir / "src")
+    # A file of the user's under the sources' build/: no run may touch it.
+    sentinel = workdir / "src" / "build" / "important.txt"
+    sentinel.parent.mkdir()
+    sentinel.write_text("keep me\n", encoding="utf-8")
+    cache = workdir / "cache"
+    deployment.fresh_check = deployment.playbook("deploy.yml", "--check", "--diff")
+    deployment.cache_after_check = sorted(str(p.relative_to(workdir)) for p in cache.rglob("*")) + (
+        [str(cache)] if cache.exists() else []
+    )
+    deployment.sentinel_after_check = sentinel.exists()
+    deployment.first_deploy = deployment.playbook("deploy.yml")
+    deployment.sentinel_after_deploy = sentinel.exists()
+    yield deployment
 
 
 @pytest.fixture(scope="session")

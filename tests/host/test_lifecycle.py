@@ -148,7 +148,7 @@ def test_uninstall_removes_the_units_and_keeps_state_and_logs(deployed: Deployme
                 assert target.ssh(f"test -e {kept}", check=False).returncode == 0, f"{name}: {kept}"
         again = deployed.playbook("uninstall.yml")
         assert again.returncode == 0, again.explain()
-        assert again.changed() == dict.fromkeys(deployed.targets, 0), again.explain()
+        assert again.changed() == dict.fromkeys(deployed.hosts, 0), again.explain()
         purged = deployed.playbook("uninstall.yml", "-e", "purge=true")
         assert purged.returncode == 0, purged.explain()
         for name, target in deployed.targets.items():

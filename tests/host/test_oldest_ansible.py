@@ -52,4 +52,4 @@ def test_the_oldest_ansible_core_finds_nothing_to_change(
     for extra in (("--check",), ()):
         run = deployed.playbook("deploy.yml", *extra, bin_dir=oldest_ansible)
         assert run.returncode == 0, run.explain()
-        assert run.changed() == dict.fromkeys(deployed.targets, 0), run.explain()
+        assert run.changed() == dict.fromkeys(deployed.hosts, 0), run.explain()

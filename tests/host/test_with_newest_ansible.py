@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.host.conftest import _RECAP_RE, REPO, SUITES, Deployment
+from tests.host.conftest import _RECAP_RE, REPO, SUITES, TEST_VARS, Deployment
 
 pytestmark = pytest.mark.host
 
@@ -55,13 +55,18 @@ def test_the_collection_deploys_the_mixed_fleet_with_the_newest_ansible_core(
         "[defaults]\ncollections_path = ./collections\nhost_key_checking = false\n",
         encoding="utf-8",
     )
-    inventory = yaml.safe_load(deployed.inventory.read_text(encoding="utf-8"))
-    group = inventory["all"]["children"]["limpeza"]
-    for host in group["hosts"].values():
-        host["ansible_ssh_private_key_file"] = f"{INFRA}/id_ed25519"
+    shutil.copytree(deployed.inventory, infra / "inventory")
+    hosts = infra / "inventory" / "hosts.yml"
+    inventory = yaml.safe_load(hosts.read_text(encoding="utf-8"))
+    for child in inventory["all"]["children"].values():
+        for host in child["hosts"].values():
+            host["ansible_ssh_private_key_file"] = f"{INFRA}/id_ed25519"
+    hosts.write_text(yaml.safe_dump(inventory), encoding="utf-8")
     # The roles' own defaults: the collection's sources, the controller's ~/.cache/limpeza.
-    del group["vars"]["limpeza_source_dir"], group["vars"]["limpeza_cache_dir"]
-    (infra / "hosts.yml").write_text(yaml.safe_dump(inventory), encoding="utf-8")
+    test_vars = infra / "inventory" / TEST_VARS
+    application = yaml.safe_load(test_vars.read_text(encoding="utf-8"))
+    del application["limpeza_source_dir"], application["limpeza_cache_dir"]
+    test_vars.write_text(yaml.safe_dump(application), encoding="utf-8")
 
     setup = controller.ssh(
         f"cd {INFRA} && export {CA} && python3 -m venv /root/controller"
@@ -78,10 +83,10 @@ def test_the_collection_deploys_the_mixed_fleet_with_the_newest_ansible_core(
 
     deploy = (
         f"cd {INFRA} && export {CA} && ANSIBLE_NOCOLOR=1 /root/controller/bin/ansible-playbook"
-        " -i hosts.yml limpeza.ops.deploy"
+        " -i inventory limpeza.ops.deploy"
     )
     first = controller.ssh(deploy, timeout=1200, check=False)
     assert first.returncode == 0, first.stdout[-8000:] + first.stderr[-3000:]
     second = controller.ssh(deploy, timeout=1200, check=False)
     assert second.returncode == 0, second.stdout[-8000:] + second.stderr[-3000:]
-    assert _recap(second.stdout) == dict.fromkeys(deployed.targets, 0), second.stdout[-8000:]
+    assert _recap(second.stdout) == dict.fromkeys(deployed.hosts, 0), second.stdout[-8000:]

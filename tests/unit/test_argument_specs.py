@@ -32,7 +32,13 @@ def _load(path: Path) -> dict:
 
 
 def test_every_role_is_checked() -> None:
-    assert {"limpeza", "limpeza_cleaner", "limpeza_exporter", "limpeza_alerts"} <= set(ROLE_NAMES)
+    assert {
+        "limpeza",
+        "limpeza_cleaner",
+        "limpeza_exporter",
+        "limpeza_alerts",
+        "limpeza_prometheus",
+    } <= set(ROLE_NAMES)
 
 
 @pytest.mark.parametrize("role", ROLE_NAMES)
@@ -140,7 +146,7 @@ def test_readme_table_is_the_defaults_and_the_specs(role: str) -> None:
 def test_example_inventory_shows_every_variable_with_its_default() -> None:
     inventory = REPO / "inventories" / "example" / "group_vars"
     groups = {"limpeza": ["limpeza", "limpeza_cleaner", "limpeza_exporter"]}
-    groups["prometheus"] = ["limpeza_alerts"]
+    groups["prometheus"] = ["limpeza_alerts", "limpeza_prometheus"]
     for group, roles in groups.items():
         path = inventory / group / "main.yml"
         shown = _load(path if path.exists() else inventory / f"{group}.yml")

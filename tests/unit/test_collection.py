@@ -126,7 +126,7 @@ def test_installed_playbooks_run_by_their_fqcn(
     )  # fmt: skip
     assert "ERROR" not in out
     if playbook == "deploy":
-        for role in ("limpeza_cleaner", "limpeza_exporter", "limpeza_alerts"):
+        for role in ("limpeza_cleaner", "limpeza_exporter", "limpeza_alerts", "limpeza_prometheus"):
             assert f"{FQCN}.{role} : " in out, out
 
 
