@@ -186,6 +186,8 @@ def show_exporter(config: Path, base: Path) -> None:
 # --------------------------------------------------------------------------- the whole stack
 
 DEMO_FOR = "10s"
+#: The alert the demo waits for: more than 5 active jobs in a table.
+PAGING_ALERT = "LimpezaJobsActiveHigh"
 DEMO_STALE_RUNNING = "45s"
 
 
@@ -198,13 +200,23 @@ def stack_missing() -> list[str]:
 
 
 def rules_for_demo(directory: Path) -> Path:
-    """The shipped rules, with LimpezaJobsActiveHigh's `for: 1m` cut short for the demo."""
-    text = (REPO / "alerts" / "limpeza.rules.yml").read_text(encoding="utf-8")
-    old = "expr: limpeza_jobs_active > 5\n        for: 1m\n"
-    if old not in text:
-        raise SystemExit("alerts/limpeza.rules.yml no longer has the expected paging rule")
+    """The shipped rules, with LimpezaJobsActiveHigh's `for:` cut short for the demo.
+
+    Found by its name in the parsed rule file, not by its text, so that the demo follows
+    the rule however its expression is spelled.
+    """
+    document = yaml.safe_load((REPO / "alerts" / "limpeza.rules.yml").read_text(encoding="utf-8"))
+    paging = [
+        rule
+        for group in document["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") == PAGING_ALERT
+    ]
+    if len(paging) != 1:
+        raise SystemExit(f"alerts/limpeza.rules.yml has {len(paging)} rules named {PAGING_ALERT}")
+    paging[0]["for"] = DEMO_FOR
     copy = directory / "limpeza.rules.yml"
-    copy.write_text(text.replace(old, old.replace("1m", DEMO_FOR)), encoding="utf-8")
+    copy.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return copy
 
 
@@ -218,7 +230,8 @@ def print_pages(hook: object, seen: int) -> int:
             status = alert.get("status", note.status).upper()
             print(
                 f"  \033[1m[{note.receiver}] {status}\033[0m {labels.get('alertname')} "
-                f"({labels.get('severity')}, {labels.get('instance')}): {summary}",
+                f"({labels.get('severity')}, {labels.get('table') or labels.get('instance')}): "
+                f"{summary}",
                 flush=True,
             )
     return len(received)
