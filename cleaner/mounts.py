@@ -196,16 +196,17 @@ class MountPoints:
     ) -> MountPoints:
         """By mount id when ``statx`` gives one for ``/``, else from ``mountinfo``."""
         roots = list(roots)
-        table: _MountTable | None = None
-        with contextlib.suppress(OSError):  # no table to watch: every entry is asked
-            table = _MountTable([os.path.realpath(root) for root in roots], mountinfo)
         if use_statx:
             try:
                 statx = _Statx()
-                if statx.mount_id(AT_FDCWD, "/") is not None:
-                    return cls(statx, frozenset(), table)
+                by_id = statx.mount_id(AT_FDCWD, "/") is not None
             except (AttributeError, OSError):
-                pass
+                by_id = False
+            if by_id:
+                table: _MountTable | None = None
+                with contextlib.suppress(OSError):  # no table to watch: every entry is asked
+                    table = _MountTable([os.path.realpath(root) for root in roots], mountinfo)
+                return cls(statx, frozenset(), table)
         tops: set[tuple[int, int]] = set()
         for point in mount_points_under(roots, mountinfo):
             try:
@@ -215,8 +216,6 @@ class MountPoints:
             tops.add((st.st_dev, st.st_ino))
         # The fallback knows only the mount points it read here: it is not told of later
         # ones, so it keeps no table (a new mount below a root would go unseen either way).
-        if table is not None:
-            table.close()
         return cls(None, frozenset(tops))
 
     def of(self, fd: int) -> int | None:
