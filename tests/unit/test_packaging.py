@@ -1,4 +1,7 @@
-"""The wheel the roles deploy carries every module of cleaner/ and exporter/, and no tests."""
+"""The wheel the roles deploy carries every module of cleaner/ and exporter/, and no tests,
+and builds without a deprecation from the build backend: the deploy builds it on the
+operator's machine with the newest setuptools, and a deprecated form there is a build that
+stops working on a date (``project.license`` as a table did)."""
 
 from __future__ import annotations
 
@@ -11,13 +14,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_wheel_holds_every_module_of_both_programs(tmp_path: Path) -> None:
-    subprocess.run(
+    built = subprocess.run(
         [
             sys.executable,
             "-m",
             "pip",
             "wheel",
-            "-q",
+            "-v",
             "--no-deps",
             "-w",
             str(tmp_path),
@@ -25,8 +28,12 @@ def test_the_wheel_holds_every_module_of_both_programs(tmp_path: Path) -> None:
         ],
         check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    output = built.stdout + built.stderr
+    for warning in ("BuildBackendWarning", "SetuptoolsDeprecationWarning"):
+        assert warning not in output, output
     (wheel,) = tmp_path.glob("limpeza-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
