@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import ssl
 import subprocess
@@ -151,8 +152,11 @@ class Deployment:
     def playbook(
         self, name: str, *extra: str, timeout: float = 900, bin_dir: Path = REPO / ".venv" / "bin"
     ) -> PlaybookRun:
-        """Runs a playbook of the checkout, with the ansible-core of ``bin_dir``."""
+        """Runs a playbook of the checkout, with the ansible-core of ``bin_dir``; the deploy
+        gets the vault password, the on-call playbooks do without (the README's promise)."""
         args = ["-i", str(self.inventory), str(REPO / "playbooks" / name), *extra]
+        if name in VAULTED_PLAYBOOKS:
+            args += ["--vault-password-file", str(self.workdir / VAULT_PASSWORD_FILE)]
         env = {
             **os.environ,
             "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
@@ -220,6 +224,54 @@ def _prepare() -> Callable[[Target], None]:
 #: The variables of the application hosts the README's Deploy steps 3 to 6 have you set,
 #: in a file of their own beside the example's group_vars/limpeza/main.yml.
 TEST_VARS = Path("group_vars") / "limpeza" / "test.yml"
+#: Their secrets (the DSN, the exporters' TLS key and scrape password), encrypted inline
+#: with ansible-vault as steps 3 and 6 say; only the deploy is given the vault password.
+VAULT_VARS = Path("group_vars") / "limpeza" / "vault.yml"
+#: The vault password's file, in the deployment's working directory.
+VAULT_PASSWORD_FILE = "vault-password"
+#: The playbooks that read the secrets; the on-call ones run without the vault password.
+VAULTED_PLAYBOOKS = ("deploy.yml",)
+
+
+def encrypt_string(secret: str, password_file: Path) -> str:
+    """``ansible-vault encrypt_string``'s ``!vault |`` block for ``secret``, unindented."""
+    result = subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "ansible-vault"),
+            "encrypt_string",
+            "--vault-password-file",
+            str(password_file),
+            "--stdin-name",
+            "secret",
+        ],
+        input=secret,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    block = result.stdout.split("secret: ", 1)[1]
+    assert block.startswith("!vault |"), result.stdout
+    return block.rstrip("\n")
+
+
+def _vaulted(name: str, block: str, indent: int) -> str:
+    """``name: !vault |`` and its ciphertext lines, indented for a YAML mapping."""
+    head, _, body = block.partition("\n")
+    lines = [" " * indent + line.strip() for line in body.splitlines()]
+    return " " * (indent - 2) + f"{name}: {head}\n" + "\n".join(lines) + "\n"
+
+
+def _write_vault(path: Path, password_file: Path, dsn: str, tls_key: str) -> None:
+    """group_vars/limpeza/vault.yml: each secret encrypted inline."""
+    path.write_text(
+        "---\n"
+        + _vaulted("limpeza_database_url", encrypt_string(dsn, password_file), 2)
+        + _vaulted("limpeza_exporter_tls_key", encrypt_string(tls_key, password_file), 2)
+        + "limpeza_exporter_basic_auth_users:\n"
+        + _vaulted(SCRAPE_USER, encrypt_string(SCRAPE_PASSWORD, password_file), 4),
+        encoding="utf-8",
+    )
 
 
 def _write_inventory(
@@ -290,8 +342,6 @@ def _write_inventory(
     (path / "hosts.yml").write_text(yaml.safe_dump(inventory, sort_keys=False), encoding="utf-8")
     application = {
         "limpeza_interval": "2s",
-        # In production encrypted inline (step 3).
-        "limpeza_database_url": database.dsn,
         "limpeza_jobs_database": {
             "table": "jobs",
             "timestamp_column": "updated_at",
@@ -299,11 +349,9 @@ def _write_inventory(
         },
         "limpeza_cleaner_supplementary_groups": [APP_GROUP],
         "limpeza_files_rules": RULES,
-        # TLS and basic auth from the role's variables (the key and the password would come
-        # from the vault).
+        # TLS and basic auth from the role's variables (the key and the password are in the
+        # vault file).
         "limpeza_exporter_tls_cert": tls.cert.read_text(encoding="ascii"),
-        "limpeza_exporter_tls_key": tls.key.read_text(encoding="ascii"),
-        "limpeza_exporter_basic_auth_users": {SCRAPE_USER: SCRAPE_PASSWORD},
         # A snapshot of the sources, taken when the session starts: what is deployed does
         # not change under the tests while the checkout does.
         "limpeza_source_dir": str(workdir / "src"),
@@ -312,6 +360,12 @@ def _write_inventory(
     }
     (path / TEST_VARS).write_text(
         "---\n" + yaml.safe_dump(application, sort_keys=False), encoding="utf-8"
+    )
+    password_file = workdir / VAULT_PASSWORD_FILE
+    password_file.write_text("vault-" + secrets.token_hex(16) + "\n", encoding="ascii")
+    password_file.chmod(0o600)
+    _write_vault(
+        path / VAULT_VARS, password_file, database.dsn, tls.key.read_text(encoding="ascii")
     )
 
 

@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.host.conftest import _RECAP_RE, REPO, SUITES, TEST_VARS, Deployment
+from tests.host.conftest import (
+    _RECAP_RE,
+    REPO,
+    SUITES,
+    TEST_VARS,
+    VAULT_PASSWORD_FILE,
+    Deployment,
+)
 
 pytestmark = pytest.mark.host
 
@@ -56,6 +63,8 @@ def test_the_collection_deploys_the_mixed_fleet_with_the_newest_ansible_core(
         encoding="utf-8",
     )
     shutil.copytree(deployed.inventory, infra / "inventory")
+    # Step 3's vaulted DSN: the deploy asks for the vault password (here from a file).
+    shutil.copy2(deployed.workdir / VAULT_PASSWORD_FILE, infra / VAULT_PASSWORD_FILE)
     hosts = infra / "inventory" / "hosts.yml"
     inventory = yaml.safe_load(hosts.read_text(encoding="utf-8"))
     for child in inventory["all"]["children"].values():
@@ -83,7 +92,7 @@ def test_the_collection_deploys_the_mixed_fleet_with_the_newest_ansible_core(
 
     deploy = (
         f"cd {INFRA} && export {CA} && ANSIBLE_NOCOLOR=1 /root/controller/bin/ansible-playbook"
-        " -i inventory limpeza.ops.deploy"
+        f" -i inventory --vault-password-file {VAULT_PASSWORD_FILE} limpeza.ops.deploy"
     )
     first = controller.ssh(deploy, timeout=1200, check=False)
     assert first.returncode == 0, first.stdout[-8000:] + first.stderr[-3000:]
