@@ -6,6 +6,7 @@ Each test that changes a host puts it back as the deployment left it.
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from tests.host.conftest import Deployment, wait_for
 
@@ -132,6 +133,32 @@ def test_a_missing_swept_directory_is_created_when_asked(deployed: Deployment) -
     assert back.returncode == 0, back.explain()
 
 
+def _assert_prometheus_without_limpeza(deployed: Deployment) -> None:
+    """The Prometheus host as the uninstall leaves it: no job, no files, Prometheus up."""
+    prometheus = deployed.prometheus
+    config = yaml.safe_load(prometheus.ssh("cat /etc/prometheus/prometheus.yml").stdout)
+    assert "limpeza" not in [job["job_name"] for job in config["scrape_configs"]], config
+    assert "/etc/prometheus/rules/*.yml" not in (config.get("rule_files") or []), config
+    # The suite's stock file already sent alerts to the Alertmanager: that stays.
+    assert config["alerting"] == {
+        "alertmanagers": [{"static_configs": [{"targets": ["localhost:9093"]}]}]
+    }
+    check = prometheus.ssh("promtool check config /etc/prometheus/prometheus.yml", check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    for gone in ("/etc/prometheus/limpeza", "/etc/prometheus/rules/limpeza.rules.yml"):
+        assert prometheus.ssh(f"test -e {gone}", check=False).returncode, gone
+    assert prometheus.ssh("systemctl is-active prometheus.service", check=False).stdout.strip() == (
+        "active"
+    )
+    pools = {t["scrapePool"] for t in deployed.prometheus_api("/api/v1/targets")["activeTargets"]}
+    assert "limpeza" not in pools, pools
+    assert "prometheus" in pools, pools
+    state = prometheus.ssh(
+        "systemctl is-active prometheus-alertmanager.service", check=False
+    ).stdout.strip()
+    assert state == "active", state
+
+
 def test_uninstall_removes_the_units_and_keeps_state_and_logs(deployed: Deployment) -> None:
     run = deployed.playbook("uninstall.yml")
     try:
@@ -146,6 +173,7 @@ def test_uninstall_removes_the_units_and_keeps_state_and_logs(deployed: Deployme
             assert target.ssh("getent passwd limpeza", check=False).returncode, name
             for kept in ("/var/lib/limpeza/state.json", "/var/log/limpeza"):
                 assert target.ssh(f"test -e {kept}", check=False).returncode == 0, f"{name}: {kept}"
+        _assert_prometheus_without_limpeza(deployed)
         again = deployed.playbook("uninstall.yml")
         assert again.returncode == 0, again.explain()
         assert again.changed() == dict.fromkeys(deployed.hosts, 0), again.explain()

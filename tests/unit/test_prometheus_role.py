@@ -69,7 +69,8 @@ RENDER = """\
       ansible.builtin.copy:
         content: "{{{{ {{'missing': _limpeza_prometheus_config_missing,
                         'lines': _limpeza_prometheus_config_lines,
-                        'rule_groups': _limpeza_prometheus_rule_groups}} | to_json }}}}"
+                        'rule_groups': _limpeza_prometheus_rule_groups,
+                        'added': _limpeza_prometheus_added}} | to_json }}}}"
         dest: "{{{{ out }}}}/computed.json"
         mode: "0644"
 """
@@ -330,3 +331,211 @@ def test_the_rule_groups_verified_are_those_of_the_rule_file(tmp_path: Path) -> 
     rules = yaml.safe_load((REPO / "alerts" / "limpeza.rules.yml").read_text())
     assert rendered["rule_groups"] == [group["name"] for group in rules["groups"]]
     assert rendered["rule_groups"]
+
+
+#: The role's removal (limpeza_state: absent, tasks/absent.yml) on a prometheus.yml of the
+#: test's own; the reload handler, which would reload this machine's Prometheus, only counted.
+REMOVE = """\
+- name: Remove limpeza_prometheus' parts
+  hosts: prometheus
+  gather_facts: false
+  vars_files:
+    - {role}/vars/main.yml
+  vars:
+    role_path: {role}
+  tasks:
+    - name: Remove
+      ansible.builtin.include_tasks: {role}/tasks/absent.yml
+  handlers:
+    - name: Count the reload
+      ansible.builtin.shell: echo reload >> {{{{ out }}}}/reloads
+      changed_when: false
+      listen: Reload Prometheus for limpeza
+"""
+
+
+def _land(rendered: dict[str, Any], config: Path) -> None:
+    """What the deploy leaves on the host: prometheus.yml, the scrape files, the record."""
+    promtool_check = _promtool_check(rendered)
+    assert promtool_check.returncode == 0, promtool_check.stdout + promtool_check.stderr
+    config.write_text(rendered["prometheus"], encoding="utf-8")
+    added = yaml.safe_dump(rendered["added"])
+    (rendered["scrape_dir"] / "added-to-prometheus.yml").write_text(added, encoding="utf-8")
+
+
+def _remove(
+    tmp_path: Path, config: Path, prometheus_vars: dict[str, Any] | None = None, *extra: str
+) -> dict[str, Any]:
+    """Runs the removal; its recap's changed count, reloads and output."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: `make packages` installs prometheus")
+    work = tmp_path / f"remove-{len(list(tmp_path.glob('remove-*')))}"
+    work.mkdir()
+    (work / "remove.yml").write_text(REMOVE.format(role=ROLE), encoding="utf-8")
+    host_vars = {
+        "limpeza_prometheus_config_file": str(config),
+        "limpeza_prometheus_promtool": promtool,
+        **(prometheus_vars or {}),
+    }
+    (work / "hosts.yml").write_text(yaml.safe_dump(_inventory({}, host_vars)), encoding="utf-8")
+    scrape_dir = tmp_path / "etc-prometheus-limpeza"
+    result = subprocess.run(
+        [
+            str(PLAYBOOK_BIN),
+            "-i",
+            str(work / "hosts.yml"),
+            str(work / "remove.yml"),
+            # This machine has no Prometheus to ask whether it dropped the job.
+            "--skip-tags",
+            "limpeza_prometheus_run",
+            "-e",
+            f"out={work} _limpeza_prometheus_dir={scrape_dir}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
+        cwd=work,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    recap = output.split("PLAY RECAP", 1)[1]
+    changed = int(recap.split("changed=", 1)[1].split()[0])
+    reloads = work / "reloads"
+    count = len(reloads.read_text().split()) if reloads.exists() else 0
+    return {"changed": changed, "reloads": count, "output": output}
+
+
+def test_removal_takes_out_the_job_and_rule_files_and_keeps_the_rest(tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yml"
+    rendered = _render(tmp_path, DEBIAN_STOCK, SECURED, CA_VARS)
+    _land(rendered, config)
+    # The deploy found no rule_files entry (the stock file has none) and the stock
+    # Alertmanager target: it added the one, not the other.
+    assert rendered["added"] == {
+        "rule_files": ["/etc/prometheus/rules/*.yml"],
+        "alerting_targets": [],
+    }
+    removed = _remove(tmp_path, config)
+    assert removed["changed"] == 2 and removed["reloads"] == 1, removed["output"]
+    after = yaml.safe_load(config.read_text(encoding="utf-8"))
+    stock = yaml.safe_load(DEBIAN_STOCK)
+    assert after["global"] == stock["global"]
+    assert after["alerting"] == stock["alerting"]
+    assert after["scrape_configs"] == stock["scrape_configs"]
+    assert after["rule_files"] == []
+    assert not rendered["scrape_dir"].exists()
+    promtool = shutil.which("promtool")
+    assert promtool is not None
+    check = subprocess.run(
+        [promtool, "check", "config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    # Again: nothing to remove, the file not even rewritten, no reload.
+    before = config.read_bytes()
+    again = _remove(tmp_path, config)
+    assert again["changed"] == 0 and again["reloads"] == 0, again["output"]
+    assert config.read_bytes() == before
+
+
+def test_removal_in_check_mode_reports_the_run_and_writes_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yml"
+    rendered = _render(tmp_path, DEBIAN_STOCK, SECURED, CA_VARS)
+    _land(rendered, config)
+    before = config.read_bytes()
+    checked = _remove(tmp_path, config, None, "--check")
+    assert checked["changed"] == 2 and checked["reloads"] == 0, checked["output"]
+    assert config.read_bytes() == before
+    assert (rendered["scrape_dir"] / "targets.yml").exists()
+    assert _remove(tmp_path, config)["changed"] == 2
+
+
+def test_removal_keeps_what_the_operator_had_before_the_deploy(tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yml"
+    # The operator's rule_files already loaded the rules directory: the deploy added nothing
+    # there, and the removal keeps it.
+    theirs = yaml.safe_load(DEBIAN_STOCK)
+    theirs["rule_files"] = ["/etc/prometheus/rules/*.yml"]
+    rendered = _render(tmp_path, yaml.safe_dump(theirs), SECURED, {**CA_VARS, **ALERTMANAGER})
+    assert rendered["added"] == {"rule_files": [], "alerting_targets": []}
+    _land(rendered, config)
+    assert _remove(tmp_path, config)["changed"] == 2
+    after = yaml.safe_load(config.read_text(encoding="utf-8"))
+    assert after == theirs
+
+
+def test_removal_takes_out_the_alertmanager_the_deploy_added(tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yml"
+    without = yaml.safe_load(DEBIAN_STOCK)
+    del without["alerting"]
+    rendered = _render(tmp_path, yaml.safe_dump(without), SECURED, {**CA_VARS, **ALERTMANAGER})
+    assert rendered["added"]["alerting_targets"] == ["localhost:9093"]
+    _land(rendered, config)
+    _remove(tmp_path, config)
+    after = yaml.safe_load(config.read_text(encoding="utf-8"))
+    assert "alerting" not in after
+    assert after["scrape_configs"] == without["scrape_configs"]
+    # An Alertmanager of the operator's beside it, added after the deploy, stays.
+    rendered = _render(tmp_path, yaml.safe_dump(without), SECURED, {**CA_VARS, **ALERTMANAGER})
+    _land(rendered, config)
+    landed = yaml.safe_load(config.read_text(encoding="utf-8"))
+    landed["alerting"]["alertmanagers"].insert(
+        0, {"scheme": "https", "static_configs": [{"targets": ["am.example.com:9093"]}]}
+    )
+    config.write_text(yaml.safe_dump(landed, sort_keys=False), encoding="utf-8")
+    _remove(tmp_path, config)
+    assert yaml.safe_load(config.read_text(encoding="utf-8"))["alerting"] == {
+        "alertmanagers": [
+            {"scheme": "https", "static_configs": [{"targets": ["am.example.com:9093"]}]}
+        ]
+    }
+
+
+def test_removal_without_a_record_takes_the_rule_files_entry_not_alerting(tmp_path: Path) -> None:
+    # A deploy older than the record: its rule_files entry is limpeza's, alerting is not known
+    # to be.
+    config = tmp_path / "prometheus.yml"
+    without = yaml.safe_load(DEBIAN_STOCK)
+    del without["alerting"]
+    rendered = _render(tmp_path, yaml.safe_dump(without), SECURED, {**CA_VARS, **ALERTMANAGER})
+    _land(rendered, config)
+    (rendered["scrape_dir"] / "added-to-prometheus.yml").unlink()
+    _remove(tmp_path, config)
+    after = yaml.safe_load(config.read_text(encoding="utf-8"))
+    assert after["rule_files"] == []
+    assert after["alerting"] == {
+        "alertmanagers": [{"static_configs": [{"targets": ["localhost:9093"]}]}]
+    }
+    assert [job["job_name"] for job in after["scrape_configs"]] == ["prometheus", "node"]
+
+
+def test_opted_out_removal_leaves_prometheus_yml_and_names_the_lines(tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yml"
+    rendered = _render(tmp_path, DEBIAN_STOCK, SECURED, CA_VARS)
+    _land(rendered, config)
+    before = config.read_bytes()
+    opt_out = {"limpeza_prometheus_manage_config": False}
+    removed = _remove(tmp_path, config, opt_out)
+    assert removed["changed"] == 0 and removed["reloads"] == 0, removed["output"]
+    assert config.read_bytes() == before
+    assert "job_name: limpeza" in removed["output"]
+    assert "/etc/prometheus/rules/*.yml" in removed["output"]
+    # The job still reads them: the scrape files stay until the operator removed it.
+    assert (rendered["scrape_dir"] / "targets.yml").exists()
+    edited = yaml.safe_load(before)
+    edited["scrape_configs"] = [j for j in edited["scrape_configs"] if j["job_name"] != "limpeza"]
+    edited["rule_files"] = []
+    config.write_text(yaml.safe_dump(edited, sort_keys=False), encoding="utf-8")
+    after_edit = config.read_bytes()
+    removed = _remove(tmp_path, config, opt_out)
+    assert removed["changed"] == 1 and removed["reloads"] == 1, removed["output"]
+    assert "job_name: limpeza" not in removed["output"]
+    assert not rendered["scrape_dir"].exists()
+    assert config.read_bytes() == after_edit
