@@ -335,6 +335,9 @@ class Manifest:
         entries are then that Scan's less the ids of the lines appended since, matched in
         order (``Scan.entries``): nothing is learnt, nor held, per entry ended. Should the
         lines since be anything else (or not in that order), the file is read afresh.
+        Only an entry whose id a line since ends is left out, so no live entry ever is;
+        an id on two ``add`` lines (which no writer makes) may keep one of them, which
+        reconciliation then drops (its file went with the other).
         """
         self.refresh()
         written = None
