@@ -25,7 +25,11 @@ lines that end an entry, then the ``add`` lines not ended), so memory is bounded
 lines that ended an entry since the last compaction, not by what the quarantine holds.
 The ``add`` lines are in the order the files were quarantined, oldest first.
 ``compact`` rewrites the file with only the live entries and the holds (temporary file,
-fsync, rename), under the quarantine's lock. The lines themselves are
+fsync, rename), under the quarantine's lock. After an expiry or a purge it does not learn
+again the ids they ended: it streams the Scan they streamed, whose entries they ended one
+line each in its order, and skips the ids of the lines appended since as it meets them, in
+that order (any other line since, or another order, and it reads the file afresh). So
+ending a million entries holds no more than ending one. The lines themselves are
 ``cleaner.manifest_lines``.
 """
 
@@ -89,6 +93,7 @@ class Scan:
     lines: int = 0
     bad_lines: int = 0
     live: int = 0
+    gone_left: str | None = None
 
     def __enter__(self) -> Scan:
         return self
@@ -130,9 +135,17 @@ class Scan:
             raise
         return scan
 
-    def entries(self) -> Iterator[Entry]:
-        """The live entries, oldest first (the order they were quarantined)."""
+    def entries(self, gone: Iterator[str] | None = None) -> Iterator[Entry]:
+        """The live entries, oldest first (the order they were quarantined).
+
+        ``gone``: ids of entries ended since the first pass, in the order this method
+        gives them (what ``expire`` and ``purge`` append as they stream it): each is
+        matched to the next entry given and skips it. ``gone_left`` is then the first id
+        not matched (None: all were), so a caller can tell the ids were not in that
+        order. Nothing is held per id."""
         self.live = 0
+        ids: Iterator[str] = iter(()) if gone is None else gone
+        self.gone_left = pending = next(ids, None)
         ended = self.ended
         for line, _ in _lines(self.fd, 0, self.end):
             if ADD_MARK not in line:
@@ -152,6 +165,9 @@ class Scan:
                     self.holds[(entry.dev, entry.ino)] = Hold(
                         entry.dev, entry.ino, entry.mtime_ns, until
                     )
+                continue
+            if pending is not None and entry.id == pending:
+                self.gone_left = pending = next(ids, None)
                 continue
             self.live += 1
             yield entry
@@ -311,11 +327,27 @@ class Manifest:
         self.write(data)
         self._count(data.rstrip(b"\n"))
 
-    def compact(self, now: float) -> None:
-        """Rewrites the manifest with the live entries and the holds not yet over."""
+    def compact(self, now: float, read: Scan | None = None) -> None:
+        """Rewrites the manifest with the live entries and the holds not yet over.
+
+        ``read``: the Scan an expiry or a purge streamed, under the lock held since, and
+        whose entries it then ended one line each in the order it read them. The live
+        entries are then that Scan's less the ids of the lines appended since, matched in
+        order (``Scan.entries``): nothing is learnt, nor held, per entry ended. Should the
+        lines since be anything else (or not in that order), the file is read afresh.
+        Only an entry whose id a line since ends is left out, so no live entry ever is;
+        an id on two ``add`` lines (which no writer makes) may keep one of them, which
+        reconciliation then drops (its file went with the other).
+        """
         self.refresh()
-        with self.scan() as scan:
-            written = self._rewrite(scan, now)
+        written = None
+        if read is not None:
+            written = self._rewrite(read, now, self._ended_since(read))
+            if read.gone_left is not None:
+                written = None
+        if written is None:
+            with self.scan() as scan:
+                written = self._rewrite(scan, now)
         os.replace(self.path.with_name(self.path.name + ".tmp"), self.path)
         # The same entries: the tally holds; only the file and its counts of lines change.
         tally, holds = self.tally, {k: h for k, h in self.holds.items() if h.until > now}
@@ -324,14 +356,31 @@ class Manifest:
         self._offset, self.lines = os.fstat(self._fd).st_size, written
         self.tally, self.holds = tally, holds
 
-    def _rewrite(self, scan: Scan, now: float) -> int:
-        """Writes the temporary file; returns its number of lines."""
+    def _ended_since(self, read: Scan) -> Iterator[str]:
+        """The ids the lines after ``read`` end, in order; ``""`` (no entry's id) for a
+        line that is not an ``expire`` or ``drop`` of one entry, or when ``read`` is of
+        another file, so that the match fails and the compaction reads afresh."""
+        fd = self._current()
+        if os.fstat(read.fd).st_ino != os.fstat(fd).st_ino:
+            yield ""
+            return
+        for line, _ in _lines(fd, read.end, os.fstat(fd).st_size):
+            raw = parse_line(line)
+            qid = None if raw is None else raw.get("id")
+            if raw is None or raw.get("op") not in ("expire", "drop") or not isinstance(qid, str):
+                yield ""
+                return
+            yield qid
+
+    def _rewrite(self, scan: Scan, now: float, gone: Iterator[str] | None = None) -> int:
+        """Writes the temporary file (the entries of ``scan`` less ``gone``, see
+        ``Scan.entries``); returns its number of lines."""
         written = 0
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             batch: list[bytes] = []
-            for entry in scan.entries():
+            for entry in scan.entries(gone):
                 written += 1
                 batch.append(encode_add(entry))
                 if len(batch) >= 4096:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from cleaner.config_types import FilesConfig, QuarantineConfig, Rule
-from cleaner.manifest import Manifest
+from cleaner.manifest import Manifest, Scan
 from cleaner.manifest_lines import Entry, RuleTally, add_line
 from cleaner.quarantine_expiry import Expired, RuleCounts, expire
 from cleaner.state import write_json_atomic
@@ -313,14 +313,15 @@ class Store:
             )
         return done
 
-    def compact_if_dead(self, now: float) -> None:
+    def compact_if_dead(self, now: float, read: Scan | None = None) -> None:
         """Compacts the manifest when its dead lines are many (under the lock): after
-        reconciliation, expiry and a purge."""
+        reconciliation, expiry and a purge (``read``: the Scan they ended entries of, in
+        its order; see ``Manifest.compact``)."""
         manifest = self.manifest
         manifest.refresh()
         dead = manifest.lines - manifest.live
         if dead >= COMPACT_AFTER and (dead > manifest.live or dead >= COMPACT_ALWAYS):
-            manifest.compact(now)
+            manifest.compact(now, read)
 
     # -- what is in it ---------------------------------------------------------------------
 

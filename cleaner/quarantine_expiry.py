@@ -5,7 +5,10 @@ rule over its ``max_bytes``; ``purge`` unlinks every entry (or those older than 
 duration). Each unlink is followed by its ``expire`` line (with its ``reason``), under the
 quarantine's lock: a crash between the two leaves an entry without a file, which
 reconciliation drops. They return what went (an ``Expired`` each), or give each to a
-callback so that nothing grows with what goes; the caller audits and counts it.
+callback so that nothing grows with what goes; the caller audits and counts it. The
+manifest is then compacted (when its dead lines are many) from the read they streamed,
+less the entries they ended in its order: nothing is held per entry that went, however
+many (``cleaner.manifest``).
 """
 
 from __future__ import annotations
@@ -129,10 +132,10 @@ def expire(
                 gone = unlink_entry(store, entry, reason)
                 if gone is not None:
                     keep(gone)
-        if store.manifest.tally is not None:  # the oldest left, as far as it was read
-            for rule, counts in store.manifest.tally.items():
-                counts.oldest = oldest.get(rule, float("inf") if whole else counts.oldest)
-        store.compact_if_dead(now)
+            if store.manifest.tally is not None:  # the oldest left, as far as it was read
+                for rule, counts in store.manifest.tally.items():
+                    counts.oldest = oldest.get(rule, float("inf") if whole else counts.oldest)
+            store.compact_if_dead(now, scan)
     return done
 
 
@@ -153,5 +156,5 @@ def purge(
                     gone = unlink_entry(store, entry, "purge")
                     if gone is not None:
                         keep(gone)
-        store.compact_if_dead(now)
+            store.compact_if_dead(now, scan)
     return done
