@@ -229,8 +229,9 @@ TEST_VARS = Path("group_vars") / "limpeza" / "test.yml"
 VAULT_VARS = Path("group_vars") / "limpeza" / "vault.yml"
 #: The vault password's file, in the deployment's working directory.
 VAULT_PASSWORD_FILE = "vault-password"
-#: The playbooks that read the secrets; the on-call ones run without the vault password.
-VAULTED_PLAYBOOKS = ("deploy.yml",)
+#: The playbooks that read the secrets (uninstall too: the roles validate their arguments,
+#: the secrets among them); the on-call ones run without the vault password.
+VAULTED_PLAYBOOKS = ("deploy.yml", "uninstall.yml")
 
 
 def encrypt_string(secret: str, password_file: Path) -> str:
